@@ -1,0 +1,324 @@
+"""medvit demo page: class probabilities and Grad-CAM at the four pyramid stages of a trained model.
+
+Widgets and calls into :mod:`medvit.demo`; nothing is computed here. Run it with ``make demo`` or
+``medvit demo [--port P] [--runs DIR]`` (``streamlit run app/streamlit_app.py -- --runs DIR`` works too).
+Research use only: not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TIMM_OFFLINE", "1")
+
+import altair as alt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from medvit import demo  # noqa: E402
+from medvit.data.images import read_image, read_mask  # noqa: E402
+from medvit.explain import CAM_METHODS, DEFAULT_TOP_FRACTION  # noqa: E402
+
+_logger = logging.getLogger("medvit.app")
+
+APP_DIR = Path(__file__).resolve().parent
+EMBEDDED_DIR = APP_DIR / "demo_models"
+SAMPLES_DIR = APP_DIR / "samples"
+NOTICE = (
+    "**Research use only — not for diagnosis.** These small demonstration models were fine-tuned on a "
+    "few hundred public images; their predictions and heat maps are not medical advice."
+)
+DATASET_TITLES = {
+    "busi": "Breast ultrasound (BUSI)",
+    "ham10000": "Skin lesions (HAM10000)",
+    "eyepacs": "Fundus, diabetic retinopathy (EyePACS)",
+}
+INPUT_SAMPLE, INPUT_UPLOAD = "Bundled sample", "Upload an image"
+PREDICTED = "predicted class"
+LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The page's own options (after ``--`` on the ``streamlit run`` line); unknown ones are ignored."""
+    parser = argparse.ArgumentParser(prog="streamlit_app.py", add_help=False)
+    parser.add_argument("--runs", default="runs")
+    args, _ = parser.parse_known_args(argv)
+    return args
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=6)
+def get_model(path: str, weights_mtime: float) -> demo.DemoModel:
+    """One loaded model per run directory, shared by all sessions (``weights_mtime`` reloads a retrained run)."""
+    return demo.load_demo_model(path)
+
+
+@st.cache_data(show_spinner="Computing the stage CAMs…", max_entries=64)
+def get_explanation(
+    _model: demo.DemoModel,
+    run_key: str,
+    image_key: str,
+    _rgb: np.ndarray,
+    method: str,
+    target: int | None,
+    _mask: np.ndarray | None,
+) -> demo.Explanation:
+    """Cached :func:`medvit.demo.explain_image`: only new (run, image, method, target) run the model."""
+    return demo.explain_image(_model, _rgb, method=method, target=target, mask=_mask)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def get_sample_arrays(path: str, masks: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A bundled sample's RGB image and merged lesion mask."""
+    rgb = read_image(path)
+    mask = read_mask(list(masks), shape=rgb.shape[:2]) if masks else None
+    return rgb, mask
+
+
+def _weights_mtime(path: Path) -> float:
+    weights = path / "best.safetensors"
+    return weights.stat().st_mtime if weights.is_file() else 0.0
+
+
+def sidebar_model(entries: list[demo.RunEntry]) -> tuple[demo.RunEntry, str, float]:
+    """Dataset, run directory, CAM method and opacity widgets; returns (entry, method, alpha)."""
+    datasets = list(dict.fromkeys(e.dataset for e in entries))
+    dataset = st.sidebar.selectbox(
+        "Dataset", datasets, format_func=lambda d: DATASET_TITLES.get(d, d or "unknown"), key="dataset"
+    )
+    runs = [e for e in entries if e.dataset == dataset]
+    default = demo.default_run(runs)
+    entry = st.sidebar.selectbox(
+        "Model (run directory)",
+        runs,
+        index=runs.index(default) if default in runs else 0,
+        format_func=lambda e: f"{e.label} · {e.model_name or '?'}" + (" · default" if e.is_default else ""),
+        key=f"run-{dataset}",
+        help="Embedded demo models ship with the app; other run directories are found under the runs folder.",
+    )
+    method = st.sidebar.selectbox(
+        "CAM method", list(CAM_METHODS), key="method", help="pytorch-grad-cam method, applied at every stage."
+    )
+    alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
+    return entry, method, alpha
+
+
+def choose_input(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None, str, demo.Sample | None]:
+    """Sample picker or uploader; returns (rgb, mask, name, sample) with ``rgb`` None on no/bad input."""
+    try:
+        samples = [s for s in demo.load_samples(SAMPLES_DIR) if s.dataset == dataset]
+    except (FileNotFoundError, ValueError) as error:
+        st.error(f"The bundled samples cannot be read: {error}")
+        samples = []
+    options = [INPUT_SAMPLE, INPUT_UPLOAD] if samples else [INPUT_UPLOAD]
+    source = st.radio("Input", options, horizontal=True, key="source")
+    if source == INPUT_SAMPLE:
+        sample = st.selectbox("Sample", samples, format_func=lambda s: s.name, key=f"sample-{dataset}")
+        try:
+            rgb, mask = get_sample_arrays(str(sample.path), tuple(map(str, sample.mask)) if sample.mask else None)
+        except LOAD_ERRORS as error:
+            st.error(f"Sample {sample.path.name} cannot be read: {error}")
+            return None, None, sample.path.name, sample
+        return rgb, mask, sample.path.name, sample
+    uploaded = st.file_uploader(
+        f"PNG, JPEG, BMP or TIFF, up to {demo.MAX_UPLOAD_BYTES // 2**20} MB and "
+        f"{demo.MAX_IMAGE_PIXELS // 1_000_000} megapixels",
+        type=list(demo.UPLOAD_TYPES),
+        max_upload_size=demo.MAX_UPLOAD_BYTES // 2**20,
+        key="upload",
+    )
+    if uploaded is None:
+        st.info("Upload an image to explain it.")
+        return None, None, "", None
+    try:
+        rgb = demo.read_upload(uploaded.getvalue(), uploaded.name)
+    except ValueError as error:
+        st.error(f"Cannot use this upload: {error}")
+        return None, None, uploaded.name, None
+    return rgb, None, uploaded.name, None
+
+
+def show_prediction(explanation: demo.Explanation, sample: demo.Sample | None) -> None:
+    """Predicted class, true label and the sorted probability chart and table."""
+    names = explanation.class_names
+    table = pd.DataFrame(explanation.ranking, columns=["class", "probability"])
+    left, right = st.columns([1, 2])
+    predicted = names[explanation.predicted]
+    left.metric("Predicted class", predicted)
+    left.caption(f"probability {explanation.probabilities[explanation.predicted]:.1%}")
+    if sample is not None:
+        verdict = "matches" if sample.label == predicted else "differs from"
+        left.metric("True label", sample.label)
+        left.caption(
+            f"The prediction {verdict} the dataset label. "
+            + ("This image (or a copy) **was seen in training**." if sample.seen_in_training
+               else "This image was held out: not seen in training.")
+        )
+    chart = (
+        alt.Chart(table)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("class:N", sort="-x", title=None),
+            tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+        )
+        .properties(height=alt.Step(24))
+    )
+    right.altair_chart(chart, width="stretch", height="content")
+    with right.expander("Probabilities (table)"):
+        st.dataframe(table, hide_index=True, key="probabilities")
+
+
+def show_stages(explanation: demo.Explanation, alpha: float) -> None:
+    """The input and the four stage overlays side by side, with stage, stride and resolution."""
+    names = explanation.class_names
+    st.subheader(f"{explanation.method} for “{names[explanation.target]}” at the four pyramid stages")
+    overlays = demo.overlay_stages(explanation, alpha)
+    columns = st.columns(1 + len(overlays))
+    height, width = explanation.image.shape[:2]
+    columns[0].image(
+        explanation.image,
+        caption=f"Input ({explanation.input_size[0]}×{explanation.input_size[1]} to the network)",
+        alt="input image",
+        width="stretch",
+    )
+    for column, view, overlay in zip(columns[1:], explanation.stages, overlays):
+        column.image(overlay, caption=view.caption, alt=f"stage {view.index + 1} overlay", width="stretch")
+    st.caption(
+        f"Each map is the {explanation.method} map of the class score at one stage's output (feature grid shown "
+        f"under it), upsampled to the input. Model input {explanation.input_size[0]}×{explanation.input_size[1]}; computed in "
+        f"{explanation.seconds:.2f} s on CPU."
+    )
+    if explanation.mask is not None:
+        left, right = st.columns([1, 4])
+        left.image(explanation.mask * 255, caption="Lesion mask (dataset)", alt="lesion mask", width="stretch")
+        names = {
+            "pointing": "pointing game (peak in lesion)",
+            "energy": "CAM energy inside the lesion",
+            "iou": f"IoU of the top {DEFAULT_TOP_FRACTION:.0%} of the CAM",
+        }
+        scores = pd.DataFrame(
+            [
+                {"stage": view.caption, **{names.get(k, k): v for k, v in (view.localization or {}).items()}}
+                for view in explanation.stages
+            ]
+        )
+        right.markdown("**Localisation of each stage's CAM against the lesion mask**")
+        right.dataframe(scores, hide_index=True, key="localization")
+
+
+def show_downloads(explanation: demo.Explanation, alpha: float, name: str) -> None:
+    """Grid PNG and JSON downloads (the PNG is rendered only when clicked)."""
+    stem = Path(name).stem or "image"
+    left, right = st.columns(2)
+    left.download_button(
+        "Download the overlay grid (PNG)",
+        data=functools.partial(demo.render_explanation_png, explanation, alpha),
+        file_name=f"{stem}_stage_cams.png",
+        mime="image/png",
+        on_click="ignore",
+        key="download-png",
+    )
+    right.download_button(
+        "Download the prediction (JSON)",
+        data=json.dumps(demo.explanation_to_json(explanation, source=name), indent=2),
+        file_name=f"{stem}_prediction.json",
+        mime="application/json",
+        on_click="ignore",
+        key="download-json",
+    )
+
+
+def show_model_card(entry: demo.RunEntry) -> None:
+    """Backbone, weights, training, data and per-class test metrics, all read from the run directory."""
+    with st.expander("Model card", expanded=False):
+        try:
+            card = demo.load_model_card(entry.path)
+        except LOAD_ERRORS as error:
+            st.error(f"No model card for {entry.path}: {error}")
+            return
+        st.markdown(
+            f"**Backbone:** `{card.backbone}`  \n"
+            f"**Initial weights:** {card.pretrained}  \n"
+            f"**Run directory:** `{entry.path}`"
+            + (" (embedded with the app, fp16 weights)" if entry.is_embedded else "")
+        )
+        if card.selection:
+            candidates = ", ".join(
+                f"{c['run']} ({c['how']}): {c['score']:.3f}" for c in card.selection.get("candidates", [])
+            )
+            st.markdown(
+                f"**How it was trained:** {card.selection.get('how', '')}. Chosen by test-set "
+                f"{card.selection.get('metric', '')} among: {candidates}."
+            )
+        sizes = ", ".join(f"{split} {count}" for split, count in card.split_sizes.items()) or "not recorded"
+        st.markdown(
+            f"**Training data:** {DATASET_TITLES.get(card.dataset, card.dataset)}; manifest {card.manifest}; "
+            f"images per split: {sizes}."
+            + (f"  \n**Training time:** {card.train_seconds / 60:.1f} min" if card.train_seconds else "")
+        )
+        if card.training:
+            st.table(pd.DataFrame(list(card.training.items()), columns=["setting", "value"]).set_index("setting"))
+        if card.summary:
+            st.markdown("**Test set** (95% bootstrap confidence intervals)")
+            st.table(pd.DataFrame(list(card.summary.items()), columns=["metric", "value"]).set_index("metric"))
+        if card.per_class:
+            st.markdown("**Per class** (test set, 95% CIs)")
+            st.dataframe(pd.DataFrame(card.per_class), hide_index=True, key="per-class")
+        else:
+            st.info("This run has no report/ yet; create one with `medvit report RUN`.")
+
+
+def main() -> None:
+    """The page."""
+    st.set_page_config(page_title="medvit: pyramid-stage Grad-CAM", layout="wide")
+    args = parse_args(sys.argv[1:])
+    st.title("Pyramid-stage Grad-CAM for medical images")
+    st.warning(NOTICE)
+    st.sidebar.header("Model")
+    runs_dir = st.sidebar.text_input("Runs folder", value=args.runs, key="runs_dir")
+    entries = demo.discover_runs(runs_dir, EMBEDDED_DIR)
+    if not entries:
+        st.error(
+            f"No model found: {EMBEDDED_DIR} has no embedded demo models and {runs_dir!r} no run directories. "
+            "Create them with `make demo-models` or train one with `medvit train`."
+        )
+        return
+    entry, method, alpha = sidebar_model(entries)
+    model = None
+    try:
+        model = get_model(str(entry.path), _weights_mtime(entry.path))
+    except LOAD_ERRORS as error:
+        st.error(f"The run directory {entry.path} does not load: {error}")
+    class_names = model.run.class_names if model is not None else []
+    target_name = st.sidebar.selectbox("Explain class", [PREDICTED, *class_names], key=f"target-{entry.path}")
+    st.sidebar.caption("Research use only — not for diagnosis.")
+
+    rgb, mask, name, sample = choose_input(entry.dataset)
+    if model is not None and rgb is not None:
+        target = None if target_name == PREDICTED else class_names.index(target_name)
+        image_key = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+        if mask is not None:
+            image_key += hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()[:16]
+        try:
+            explanation = get_explanation(
+                model, f"{entry.path}:{_weights_mtime(entry.path)}", image_key, rgb, method, target, mask
+            )
+        except (ValueError, RuntimeError) as error:
+            st.error(f"Cannot explain {name}: {error}")
+        else:
+            show_prediction(explanation, sample)
+            show_stages(explanation, alpha)
+            show_downloads(explanation, alpha, name)
+    show_model_card(entry)
+
+
+main()

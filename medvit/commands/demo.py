@@ -1,0 +1,58 @@
+"""``medvit demo`` (serve the Streamlit page) and ``medvit demo-export`` (embed a demo model)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` and ``demo-export`` sub-commands."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="serve the Streamlit demo (what `make demo` runs)",
+        description="Serve the Streamlit demo page offline and headless: embedded demo models plus the "
+        "run directories found under --runs. Stop it with Ctrl-C.",
+    )
+    parser.add_argument("--port", type=int, default=8501, help="HTTP port (default: 8501)")
+    parser.add_argument("--address", default="localhost", help="address to bind (default: localhost)")
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="folder searched for run directories (default: runs/)"
+    )
+    parser.add_argument(
+        "--models", action="store_true", help="print a table of the embedded demo models (from their reports) and exit"
+    )
+    parser.set_defaults(func=_demo)
+
+    export = subparsers.add_parser(
+        "demo-export",
+        help="embed the best of one or more run directories as a demo model (fp16 weights)",
+        description="Pick the run with the highest test-set METRIC (from each run's report/summary.json), "
+        "export it with fp16 weights to OUT and record every candidate's score in OUT/selection.json.",
+    )
+    export.add_argument("runs", nargs="+", type=Path, help="candidate run directories (each with report/)")
+    export.add_argument("--out", type=Path, required=True, help="target folder, e.g. app/demo_models/busi_lite0")
+    export.add_argument(
+        "--metric", default="macro_f1", help="summary.json key that picks the best run (default: macro_f1)"
+    )
+    export.add_argument(
+        "--default", action="store_true", help="make it its dataset's default model on the demo page"
+    )
+    export.set_defaults(func=_demo_export)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medvit.demo import demo_models_markdown, serve_demo
+
+    if args.models:
+        print(demo_models_markdown(), end="")
+        return 0
+    return serve_demo(port=args.port, runs_dir=args.runs, address=args.address)
+
+
+def _demo_export(args: argparse.Namespace) -> int:
+    from medvit.demo import export_demo_model
+
+    selection = export_demo_model(args.runs, args.out, metric=args.metric, default=args.default)
+    print(f"exported {selection['chosen']} -> {args.out} ({args.metric} = {selection['score']:.4f})")
+    return 0

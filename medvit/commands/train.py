@@ -1,0 +1,121 @@
+"""``medvit train | evaluate | report | compare | export``: training runs and their reports.
+
+DDP: ``torchrun --nproc_per_node 2 -m medvit.cli train --config X.yaml --out runs/NAME`` (or
+``torchrun --nproc_per_node 2 $(which medvit) train ...``); every process runs this same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["register"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medvit.train.config import load_config
+    from medvit.train.engine import train
+
+    resume_dir = args.resume if isinstance(args.resume, str) else None
+    out = Path(args.out or resume_dir or "")
+    if not args.out and not resume_dir:
+        raise ValueError("medvit train needs --out RUN_DIR (or --resume RUN_DIR)")
+    if args.resume:
+        if args.config or args.set:
+            raise ValueError("--resume continues with the run's own config.yaml; drop --config/--set")
+        cfg = None
+    else:
+        if not args.config and not args.set:
+            raise ValueError("medvit train needs --config X.yaml (see experiments/configs/) and/or --set key=value")
+        cfg = load_config(args.config, args.set)
+    result = train(cfg, out, resume=bool(args.resume))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{result.run_dir}: {result.epochs_run} epochs, best epoch {result.best_epoch} ({result.best_metric:.4f})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medvit.train.engine import evaluate_run
+
+    path = evaluate_run(
+        args.run, manifest=args.manifest, root=args.root, split=args.split, batch_size=args.batch_size,
+        device=args.device, out=args.out,
+    )
+    print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from medvit.report import write_report
+
+    out = write_report(args.run, split=args.split, n_bootstrap=args.bootstrap, seed=args.seed)
+    print((out / "per_class.md").read_text())
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from medvit.report import compare_runs
+
+    paths = compare_runs(args.runs, args.out, split=args.split, n_bootstrap=args.bootstrap)
+    print(paths["md"].read_text())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medvit.run_dir import export_run
+
+    dtype = torch.float16 if args.fp16 else torch.float32
+    print(export_run(args.run, args.out, dtype=dtype))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate``, ``report``, ``compare`` and ``export``."""
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a backbone and write a run directory",
+        description="Fine-tune a backbone on a manifest. Single process, or DDP with "
+        "'torchrun --nproc_per_node N -m medvit.cli train ...'.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config (experiments/configs/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted for sections: early_stopping.patience=3); repeatable")
+    p.add_argument("--out", type=Path, help="run directory to create (e.g. runs/busi_vvt_tiny)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the run in --out (or RUN_DIR) from its last completed epoch")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("evaluate", help="predict a split with a run's best model (predictions.csv)")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--manifest", type=Path, help="manifest CSV (default: the run's)")
+    p.add_argument("--root", type=Path, help="raw data folder (default: the run's)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV to write (default RUN/predictions.csv; RUN/predictions_SPLIT.csv for train/val)")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser("report", help="per-class metrics with bootstrap CIs and plots into RUN/report/")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=_report)
+
+    p = subparsers.add_parser("compare", help="paper-style table of several runs (Markdown, CSV, LaTeX)")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories on the same dataset")
+    p.add_argument("--out", type=Path, required=True, help="table path; .md/.csv/.tex written with its stem")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.set_defaults(func=_compare)
+
+    p = subparsers.add_parser("export", help="copy a run for shipping, best weights in fp16")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
+                   help="cast weights to float16 (default; --no-fp16 keeps float32)")
+    p.set_defaults(func=_export)

@@ -1,0 +1,558 @@
+"""Manifests: validated, seeded, stratified, group-aware splits of a raw dataset folder.
+
+A manifest is a CSV with columns ``image, label, label_name, group, split`` (+ ``mask`` for datasets
+with masks: ``;``-joined paths merged by union at load time), paths relative to the raw folder.
+Next to ``NAME.csv`` sit ``NAME.json`` (dataset, class order, seed, fractions, raw content hash, a
+sha256 prefix of every dataset file, counts, duplicates) and ``NAME.rejected.csv`` (``path, reason, detail``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medvit.data.datasets import DatasetSpec, RawItem, Rejection, get_spec
+from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, open_image
+
+__all__ = [
+    "SPLITS",
+    "ManifestCheck",
+    "PrepareResult",
+    "assign_splits",
+    "check_manifest",
+    "count_table",
+    "digest_files",
+    "manifest_hash",
+    "manifest_info_path",
+    "prepare_manifest",
+    "raw_hash",
+    "read_manifest",
+    "read_manifest_info",
+    "rejected_path",
+]
+
+_logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("image", "label", "label_name", "group", "split")
+_CHUNK = 1 << 20
+_FILE_DIGEST_CHARS = 16  # per-file sha256 prefix kept in the side JSON (change detection); raw_hash uses all 64
+
+
+# --------------------------------------------------------------------------------------------- paths/io
+def manifest_info_path(manifest: str | Path) -> Path:
+    """The side JSON of a manifest: ``NAME.csv`` -> ``NAME.json``."""
+    return Path(manifest).with_suffix(".json")
+
+
+def rejected_path(manifest: str | Path) -> Path:
+    """The rejected-files CSV of a manifest: ``NAME.csv`` -> ``NAME.rejected.csv``."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.rejected.csv")
+
+
+def manifest_hash(manifest: str | Path) -> str:
+    """sha256 (hex) of the manifest CSV's bytes, for run records (``model.json``)."""
+    return _sha256_file(Path(manifest))
+
+
+def read_manifest(manifest: str | Path) -> pd.DataFrame:
+    """Read a manifest CSV with the right dtypes (``label`` int, the rest str, ``mask`` '' when absent).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a required column is missing or a label is not an integer.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no such manifest; create it with 'medvit prepare'")
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    missing = [column for column in MANIFEST_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{manifest}: missing column(s) {missing}; create the manifest with 'medvit prepare'")
+    try:
+        frame["label"] = frame["label"].astype(np.int64)
+    except ValueError as error:
+        raise ValueError(f"{manifest}: column 'label' must hold integers ({error})") from error
+    return frame
+
+
+def read_manifest_info(manifest: str | Path) -> dict:
+    """Read the side JSON of a manifest (dataset, class_names, seed, raw_hash, counts, ...).
+
+    Raises:
+        FileNotFoundError: the JSON is missing (re-run ``medvit prepare``).
+    """
+    path = manifest_info_path(manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest side JSON missing; re-create the manifest with 'medvit prepare'")
+    return json.loads(path.read_text())
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _num_workers(num_workers: int | None) -> int:
+    return max(1, num_workers if num_workers is not None else min(8, os.cpu_count() or 1))
+
+
+def digest_files(root: Path, files: Sequence[str], num_workers: int | None = None) -> dict[str, str]:
+    """sha256 of each file (streamed), keyed by its relative path, in sorted order."""
+    ordered = sorted(files)
+    with ThreadPoolExecutor(_num_workers(num_workers)) as pool:
+        digests = list(pool.map(lambda rel: _sha256_file(root / rel), ordered))
+    return dict(zip(ordered, digests))
+
+
+def raw_hash(digests: Mapping[str, str]) -> str:
+    """Content hash of a raw folder: sha256 over sorted ``relative_path<TAB>sha256`` lines.
+
+    File contents and names only (no sizes or mtimes, which differ across clones and copies).
+    """
+    digest = hashlib.sha256()
+    for rel in sorted(digests):
+        digest.update(f"{rel}\t{digests[rel]}\n".encode())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ split
+def assign_splits(
+    labels: Sequence[int],
+    groups: Sequence[str],
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """Seeded, class-stratified, group-aware split (deterministic across machines).
+
+    The same idea as scikit-learn's ``StratifiedGroupKFold``, made exact for fractions and for rare
+    classes. Groups are shuffled with ``numpy.random.default_rng(seed)``. First, for each class with at
+    least 3 groups (rarest class first), a split that has none of its images yet gets the next free
+    group holding that class, so test, val and train all see it. Then each remaining group, by its
+    *primary class* (its rarest label overall) and largest first, goes to the split furthest below
+    its target image count for that class.
+
+    Args:
+        labels: label index of every image.
+        groups: group of every image; images of one group always share a split.
+        val: fraction of images for validation, in [0, 1).
+        test: fraction of images for test, in [0, 1); ``val + test < 1``.
+        seed: random seed.
+
+    Returns:
+        Array of split names (``train``/``val``/``test``), one per image.
+
+    Raises:
+        ValueError: bad fractions or lengths.
+    """
+    if len(labels) != len(groups):
+        raise ValueError(f"assign_splits: {len(labels)} labels but {len(groups)} groups")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"split fractions val={val}, test={test} must be in [0, 1) with val + test < 1")
+    fractions = {"test": test, "val": val, "train": 1.0 - val - test}
+    active = [name for name in ("test", "val", "train") if fractions[name] > 0]
+    class_totals = Counter(int(label) for label in labels)
+    members: dict[str, Counter] = defaultdict(Counter)
+    for label, group in zip(labels, groups):
+        members[str(group)][int(label)] += 1
+    group_names = sorted(members)
+    rng = np.random.default_rng(seed)
+    shuffled = [group_names[i] for i in rng.permutation(len(group_names))]
+    rarest_first = sorted(class_totals, key=lambda label: (class_totals[label], label))
+    current = {label: dict.fromkeys(active, 0) for label in class_totals}
+    assignment: dict[str, str] = {}
+
+    def assign(group: str, split: str) -> None:
+        assignment[group] = split
+        for label, count in members[group].items():
+            current[label][split] += count
+
+    # 1. every class with >= 3 groups gets one group in each split (rarest class first)
+    for label in rarest_first:
+        candidates = [group for group in shuffled if label in members[group]]
+        if len(candidates) < 3:
+            continue
+        present = {assignment[group] for group in candidates if group in assignment}
+        free = (group for group in candidates if group not in assignment)
+        for split in active:
+            if split not in present:
+                group = next(free, None)
+                if group is None:
+                    break
+                assign(group, split)
+    # 2. the rest by primary (rarest) class, largest groups first (ties keep the shuffled order),
+    #    each to the split furthest below its target count for that class
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for group in shuffled:
+        if group not in assignment:
+            by_class[min(members[group], key=lambda label: (class_totals[label], label))].append(group)
+    for label in rarest_first:
+        for group in sorted(by_class[label], key=lambda name: -sum(members[name].values())):
+            deficits = {split: fractions[split] * class_totals[label] - current[label][split] for split in active}
+            assign(group, max(reversed(active), key=lambda name: deficits[name]))  # ties -> train, then val
+    return np.array([assignment[str(group)] for group in groups], dtype=object)
+
+
+def count_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Images per class (rows, + ``total``) and split (columns ``train, val, test, total``)."""
+    table = pd.crosstab(frame["label_name"], frame["split"]).reindex(
+        index=list(class_names), columns=list(SPLITS), fill_value=0
+    )
+    table = table.fillna(0).astype(int)
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum(axis=0)
+    table.index.name = "class"
+    table.columns.name = None
+    return table
+
+
+# -------------------------------------------------------------------------------------------- prepare
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_manifest` wrote and found."""
+
+    manifest: Path
+    info: Path
+    rejected: Path
+    counts: pd.DataFrame
+    num_images: int
+    num_groups: int
+    num_rejected: int
+    duplicate_sets: list[list[str]] = field(default_factory=list)
+    raw_hash: str = ""
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def _validate_item(root: Path, item: RawItem, max_pixels: int | None) -> tuple[RawItem | None, list[Rejection]]:
+    """Decode the image and its masks; drop unusable masks, reject an unusable image."""
+    try:
+        image = open_image(root / item.image, max_pixels=max_pixels)
+    except (ImageReadError, FileNotFoundError) as error:
+        return None, [Rejection(item.image, _reason(error), str(error))]
+    size = image.size
+    kept, rejected = [], []
+    for mask in item.masks:
+        try:
+            mask_size = open_image(root / mask, max_pixels=max_pixels).size
+        except (ImageReadError, FileNotFoundError) as error:
+            rejected.append(Rejection(mask, _reason(error), str(error)))
+            continue
+        if mask_size != size:
+            rejected.append(
+                Rejection(mask, "mask size differs from image", f"mask {mask_size} vs image {size} ({item.image})")
+            )
+            continue
+        kept.append(mask)
+    return RawItem(item.image, item.label_name, item.group, tuple(kept)), rejected
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file missing"
+    return getattr(error, "reason", "unreadable image")
+
+
+def _resolve_duplicates(
+    items: list[RawItem],
+    digests: Mapping[str, str],
+    duplicates: str,
+    keep_conflicting: bool,
+) -> tuple[list[RawItem], list[Rejection], list[list[str]]]:
+    """Group (or drop) byte-identical images; drop identical images with different labels by default."""
+    by_hash: dict[str, list[RawItem]] = defaultdict(list)
+    for item in sorted(items, key=lambda item: item.image):
+        by_hash[digests[item.image]].append(item)
+    parent: dict[str, str] = {item.group: item.group for item in items}
+
+    def find(group: str) -> str:
+        while parent[group] != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    dropped: set[str] = set()
+    rejected: list[Rejection] = []
+    duplicate_sets: list[list[str]] = []
+    for sha, copies in sorted(by_hash.items(), key=lambda kv: kv[1][0].image):
+        if len(copies) < 2:
+            continue
+        names = [copy.image for copy in copies]
+        duplicate_sets.append(names)
+        labels = sorted({copy.label_name for copy in copies})
+        if len(labels) > 1 and not keep_conflicting:
+            _logger.warning("byte-identical images with different labels %s dropped: %s", labels, names)
+            for copy in copies:
+                others = [name for name in names if name != copy.image]
+                rejected.append(
+                    Rejection(copy.image, "duplicate with conflicting label", f"identical to {others}, labels {labels}")
+                )
+                dropped.add(copy.image)
+            continue
+        if duplicates == "drop" and len(labels) == 1:
+            _logger.warning("byte-identical images: keeping %s, dropping %s", names[0], names[1:])
+            for copy in copies[1:]:
+                detail = f"identical to {names[0]} (sha256 {sha[:12]})"
+                rejected.append(Rejection(copy.image, "duplicate dropped", detail))
+                dropped.add(copy.image)
+            continue
+        _logger.warning("byte-identical images grouped together (one split): %s", names)
+        roots = sorted(find(copy.group) for copy in copies)
+        for other in roots[1:]:
+            parent[find(other)] = roots[0]
+    kept = [
+        RawItem(item.image, item.label_name, find(item.group), item.masks)
+        for item in items
+        if item.image not in dropped
+    ]
+    return kept, rejected, duplicate_sets
+
+
+def _log_rejections(rejected: Sequence[Rejection]) -> None:
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for rejection in rejected:
+        by_reason[rejection.reason].append(rejection.path)
+    for reason, paths in sorted(by_reason.items()):
+        examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        _logger.warning("rejected %d x %s (e.g. %s)", len(paths), reason, examples)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, lineterminator="\n")
+
+
+def prepare_manifest(
+    dataset: str | DatasetSpec,
+    raw_dir: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    val: float = 0.15,
+    test: float = 0.15,
+    duplicates: Literal["group", "drop"] = "group",
+    keep_conflicting: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    num_workers: int | None = None,
+) -> PrepareResult:
+    """Validate a raw dataset folder and write its manifest, side JSON and rejected list.
+
+    Every image (and mask) is decoded; files that cannot be used go to ``NAME.rejected.csv`` with the
+    reason. Byte-identical images are grouped into one group (``duplicates="group"``) or reduced to
+    one copy (``"drop"``); identical images with different labels are dropped unless
+    ``keep_conflicting``. The split is :func:`assign_splits`.
+
+    Args:
+        dataset: a name from :data:`medvit.data.DATASETS` or a spec.
+        raw_dir: the downloaded dataset folder (manifest paths are relative to it).
+        out: manifest CSV path (``NAME.csv``); ``NAME.json`` and ``NAME.rejected.csv`` go next to it.
+        seed: split seed.
+        val: validation fraction of images.
+        test: test fraction of images.
+        duplicates: ``"group"`` or ``"drop"`` for byte-identical images with the same label.
+        keep_conflicting: keep (and group) identical images with different labels instead of dropping.
+        max_pixels: decompression-bomb guard for every image.
+        num_workers: threads for hashing and decoding (default: min(8, CPUs)).
+
+    Raises:
+        KeyError: unknown dataset.
+        LayoutError: ``raw_dir`` is not in the dataset's layout (says what was expected).
+        ValueError: bad fractions or ``duplicates`` value.
+        RuntimeError: nothing usable remains.
+    """
+    spec = dataset if isinstance(dataset, DatasetSpec) else get_spec(dataset)
+    if duplicates not in ("group", "drop"):
+        raise ValueError(f"duplicates={duplicates!r}; choose 'group' or 'drop'")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"split fractions val={val}, test={test} must be in [0, 1) with val + test < 1")
+    raw_dir, out = Path(raw_dir), Path(out)
+    scan = spec.scan(raw_dir)
+    _logger.info(
+        "%s: %d candidate images in %s, hashing %d files", spec.name, len(scan.items), raw_dir, len(scan.files)
+    )
+    digests = digest_files(raw_dir, scan.files, num_workers)
+    rejected = list(scan.rejected)
+    with ThreadPoolExecutor(_num_workers(num_workers)) as pool:
+        results = list(pool.map(lambda item: _validate_item(raw_dir, item, max_pixels), scan.items))
+    items = []
+    for item, item_rejections in results:
+        rejected.extend(item_rejections)
+        if item is not None:
+            items.append(item)
+    items, duplicate_rejections, duplicate_sets = _resolve_duplicates(items, digests, duplicates, keep_conflicting)
+    rejected.extend(duplicate_rejections)
+    rejected_frame = pd.DataFrame(
+        [(r.path, r.reason, r.detail) for r in rejected], columns=["path", "reason", "detail"]
+    ).sort_values(["path", "reason"], kind="stable")
+    _write_csv(rejected_frame, rejected_path(out))
+    _log_rejections(rejected)
+    if not items:
+        raise RuntimeError(
+            f"{raw_dir}: no usable {spec.name} image ({len(rejected)} rejected, see {rejected_path(out)}); "
+            f"expected {spec.layout}"
+        )
+    items.sort(key=lambda item: item.image)
+    class_names = list(scan.class_names)
+    label_of = {name: index for index, name in enumerate(class_names)}
+    labels = [label_of[item.label_name] for item in items]
+    groups = [item.group for item in items]
+    splits = assign_splits(labels, groups, val=val, test=test, seed=seed)
+    frame = pd.DataFrame(
+        {
+            "image": [item.image for item in items],
+            "label": labels,
+            "label_name": [item.label_name for item in items],
+            "group": groups,
+            "split": splits,
+        }
+    )
+    if spec.has_mask:
+        frame["mask"] = [MASK_SEPARATOR.join(item.masks) for item in items]
+    _write_csv(frame, out)
+    counts = count_table(frame, class_names)
+    content_hash = raw_hash(digests)
+    info = {
+        "dataset": spec.name,
+        "class_names": class_names,
+        "preset": spec.preset,
+        "is_ordinal": spec.is_ordinal,
+        "has_mask": spec.has_mask,
+        "group_key": spec.group_key,
+        "seed": seed,
+        "val": val,
+        "test": test,
+        "duplicates": duplicates,
+        "keep_conflicting": keep_conflicting,
+        "raw_dir": str(raw_dir.resolve()),
+        "raw_hash": content_hash,
+        "num_images": len(frame),
+        "num_groups": int(frame["group"].nunique()),
+        "num_rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
+        "counts": {
+            name: {split: int(counts.loc[name, split]) for split in (*SPLITS, "total")} for name in counts.index
+        },
+        "duplicate_sets": duplicate_sets,
+        "files": {rel: sha[:_FILE_DIGEST_CHARS] for rel, sha in digests.items()},
+    }
+    manifest_info_path(out).write_text(json.dumps(info, indent=1) + "\n")
+    _logger.info("wrote %s (%d images, %d groups, %d rejected)", out, len(frame), info["num_groups"], len(rejected))
+    return PrepareResult(
+        manifest=out,
+        info=manifest_info_path(out),
+        rejected=rejected_path(out),
+        counts=counts,
+        num_images=len(frame),
+        num_groups=info["num_groups"],
+        num_rejected=len(rejected),
+        duplicate_sets=duplicate_sets,
+        raw_hash=content_hash,
+        rejected_by_reason=info["rejected_by_reason"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- check
+@dataclass
+class ManifestCheck:
+    """Result of :func:`check_manifest`: ``ok`` when ``problems`` is empty."""
+
+    manifest: Path
+    root: Path
+    num_images: int
+    problems: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    raw_hash_matches: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _limited(paths: Iterable[str], limit: int = 5) -> str:
+    paths = list(paths)
+    return ", ".join(paths[:limit]) + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
+
+
+def check_manifest(
+    manifest: str | Path,
+    root: str | Path | None = None,
+    verify_hash: bool = True,
+    num_workers: int | None = None,
+) -> ManifestCheck:
+    """Re-validate a manifest: files exist, labels known, no group in two splits, raw content unchanged.
+
+    Args:
+        manifest: the manifest CSV.
+        root: the raw folder (default: the ``raw_dir`` recorded when it was prepared).
+        verify_hash: re-hash the dataset files and compare with the recorded ones (added, removed,
+            modified files are listed).
+        num_workers: threads for hashing.
+
+    Raises:
+        FileNotFoundError: manifest, side JSON or root missing.
+    """
+    manifest = Path(manifest)
+    frame = read_manifest(manifest)
+    info = read_manifest_info(manifest)
+    root = Path(root) if root is not None else Path(info["raw_dir"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: raw folder not found; pass the dataset folder with --root")
+    result = ManifestCheck(manifest, root, len(frame))
+    class_names = list(info["class_names"])
+    missing = [rel for rel in frame["image"] if not (root / rel).is_file()]
+    if "mask" in frame.columns:
+        masks = [rel for cell in frame["mask"] for rel in cell.split(MASK_SEPARATOR) if rel]
+        missing += [rel for rel in masks if not (root / rel).is_file()]
+    if missing:
+        result.problems.append(f"{len(missing)} file(s) missing under {root}: {_limited(missing)}")
+    bad_label = frame[
+        ~frame["label"].between(0, len(class_names) - 1)
+        | (frame["label_name"] != [class_names[i] if 0 <= i < len(class_names) else None for i in frame["label"]])
+    ]
+    if len(bad_label):
+        result.problems.append(
+            f"{len(bad_label)} row(s) with a label not in {class_names}: {_limited(bad_label['image'])}"
+        )
+    bad_split = frame[~frame["split"].isin(SPLITS)]
+    if len(bad_split):
+        result.problems.append(f"{len(bad_split)} row(s) with a split not in {SPLITS}: {_limited(bad_split['image'])}")
+    crossing = frame.groupby("group")["split"].nunique()
+    crossing = sorted(crossing[crossing > 1].index)
+    if crossing:
+        result.problems.append(f"{len(crossing)} group(s) in more than one split: {_limited(crossing)}")
+    if verify_hash:
+        spec = get_spec(info["dataset"])
+        scan = spec.scan(root)
+        digests = digest_files(root, scan.files, num_workers)
+        recorded: dict[str, str] = info.get("files", {})
+        result.added = sorted(set(digests) - set(recorded))
+        result.removed = sorted(set(recorded) - set(digests))
+        result.modified = sorted(
+            rel for rel in set(digests) & set(recorded) if digests[rel][: len(recorded[rel])] != recorded[rel]
+        )
+        result.raw_hash_matches = raw_hash(digests) == info.get("raw_hash")
+        if not result.raw_hash_matches:
+            result.problems.append(
+                f"raw content changed since prepare: {len(result.added)} added ({_limited(result.added)}), "
+                f"{len(result.removed)} removed ({_limited(result.removed)}), "
+                f"{len(result.modified)} modified ({_limited(result.modified)}); re-run 'medvit prepare' "
+                "or restore the files"
+            )
+    for problem in result.problems:
+        _logger.warning("%s: %s", manifest, problem)
+    return result

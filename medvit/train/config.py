@@ -1,0 +1,337 @@
+"""Training configuration: one validated dataclass, read from YAML with ``--set key=value`` overrides.
+
+Every key of the YAML file maps to a field of :class:`TrainConfig` (or of its nested
+:class:`EarlyStoppingConfig` / :class:`DistillConfig`). Unknown keys and out-of-range values raise a
+``ValueError`` that names the key and what is allowed, so a typo never trains silently with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "TrainConfig",
+    "EarlyStoppingConfig",
+    "DistillConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "config_to_dict",
+    "MODES",
+    "CLASS_WEIGHTINGS",
+]
+
+_logger = logging.getLogger(__name__)
+
+MODES = ("full", "linear", "freeze_stages:N (N = 1..4)")
+CLASS_WEIGHTINGS = ("none", "inverse", "effective")
+_ES_METRICS = (
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_macro_f1",
+    "val_macro_auroc",
+    "val_qwk",
+)
+
+
+def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
+    return {"range": (low, high, low_open)}
+
+
+def _choices(*values: Any) -> dict:
+    return {"choices": values}
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Early stopping and best-checkpoint selection.
+
+    Attributes:
+        metric: validation metric that selects ``best.safetensors`` and drives early stopping;
+            ``val_loss`` is minimised, every other metric maximised.
+        patience: epochs without improvement before stopping; ``0`` disables early stopping
+            (the best checkpoint is still selected by ``metric``).
+    """
+
+    metric: str = field(default="val_balanced_accuracy", metadata=_choices(*_ES_METRICS))
+    patience: int = field(default=0, metadata=_range(0, None))
+
+    @property
+    def mode(self) -> str:
+        """``'min'`` for losses, ``'max'`` for every other metric."""
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+@dataclass
+class DistillConfig:
+    """DeiT-style soft-target knowledge distillation from a trained run directory.
+
+    Attributes:
+        teacher: run directory of the teacher (``null`` disables distillation).
+        temperature: softmax temperature ``T`` for both teacher and student.
+        alpha: weight of the distillation term; the cross-entropy term gets ``1 - alpha``.
+    """
+
+    teacher: str | None = None
+    temperature: float = field(default=4.0, metadata=_range(0.0, None, low_open=True))
+    alpha: float = field(default=0.5, metadata=_range(0.0, 1.0))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a fine-tuning run (``config.yaml`` of a run directory).
+
+    Attributes:
+        model: backbone name for ``medvit.models.create_model`` (see ``medvit models``).
+        model_kwargs: extra keyword arguments for ``create_model`` (e.g. ``drop_path_rate``);
+            stored in ``model.json`` so ``load_run`` rebuilds the same architecture.
+        pretrained: checkpoint file to start from (``null``: random init; no downloads ever).
+        manifest: manifest CSV written by ``medvit prepare``.
+        root: raw data directory the manifest's image paths are relative to.
+        image_size: ``[H, W]`` (or one int for square) fed to the network.
+        preset: augmentation preset (``dermoscopy|fundus|ultrasound|generic``);
+            ``null`` takes the dataset's preset from the manifest.
+        epochs: number of training epochs.
+        batch_size: global batch size (split evenly over DDP processes).
+        optimizer: optimizer name (timm ``create_optimizer_v2``); AdamW.
+        lr: peak learning rate (after warm-up).
+        min_lr: final learning rate of the cosine schedule.
+        weight_decay: decoupled weight decay (not applied to norms and biases).
+        warmup_epochs: linear warm-up length in epochs (may be fractional).
+        layer_decay: layer-wise lr decay factor in (0, 1]; ``null`` disables it.
+        label_smoothing: cross-entropy label smoothing.
+        mode: ``full`` fine-tuning, ``linear`` probe (head only) or ``freeze_stages:N``
+            (stem and the first N pyramid stages frozen).
+        class_weighting: ``none``, ``inverse`` (N / (K n_c)) or ``effective``
+            (Cui et al. 2019, ``(1 - beta) / (1 - beta^n_c)``) cross-entropy class weights.
+        class_weight_beta: ``beta`` of the effective-number weighting.
+        balanced_sampler: draw training images with probability inverse to their class frequency.
+        amp: bf16 autocast on CUDA (always fp32 on CPU).
+        grad_clip: clip the global gradient norm to this value; ``null`` disables clipping.
+        seed: seed of weights init, data order and augmentation (a function of seed and epoch).
+        early_stopping: see :class:`EarlyStoppingConfig`.
+        distill: see :class:`DistillConfig`.
+        num_workers: data-loader worker processes per training process.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        eval_split: split evaluated after training into ``predictions.csv``.
+        report: write ``report/`` after training.
+        n_bootstrap: bootstrap resamples for the report's confidence intervals.
+        cache: cache decoded images in memory (MONAI ``CacheDataset``).
+    """
+
+    model: str = "vvt_tiny"
+    model_kwargs: dict = field(default_factory=dict)
+    pretrained: str | None = None
+    manifest: str | None = None
+    root: str | None = None
+    image_size: list = field(default_factory=lambda: [224, 224])
+    preset: str | None = field(
+        default=None, metadata=_choices(None, "dermoscopy", "fundus", "ultrasound", "generic")
+    )
+    epochs: int = field(default=30, metadata=_range(1, 10_000))
+    batch_size: int = field(default=32, metadata=_range(1, 65_536))
+    optimizer: str = field(default="adamw", metadata=_choices("adamw"))
+    lr: float = field(default=5e-4, metadata=_range(0.0, 10.0))
+    min_lr: float = field(default=1e-6, metadata=_range(0.0, 10.0))
+    weight_decay: float = field(default=0.05, metadata=_range(0.0, 10.0))
+    warmup_epochs: float = field(default=1.0, metadata=_range(0.0, 10_000))
+    layer_decay: float | None = field(default=None, metadata=_range(0.0, 1.0, low_open=True))
+    label_smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    mode: str = "full"
+    class_weighting: str = field(default="none", metadata=_choices(*CLASS_WEIGHTINGS))
+    class_weight_beta: float = field(default=0.999, metadata=_range(0.0, 1.0))
+    balanced_sampler: bool = False
+    amp: bool = True
+    grad_clip: float | None = field(default=1.0, metadata=_range(0.0, None, low_open=True))
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    num_workers: int = field(default=0, metadata=_range(0, 256))
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    eval_split: str = field(default="test", metadata=_choices("train", "val", "test"))
+    report: bool = True
+    n_bootstrap: int = field(default=1000, metadata=_range(0, 1_000_000))
+    cache: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = [self.image_size, self.image_size]
+        self.image_size = list(self.image_size)
+        if len(self.image_size) != 2 or not all(isinstance(s, int) and s > 0 for s in self.image_size):
+            raise ValueError(
+                f"config key 'image_size': expected one positive int or [H, W], got {self.image_size!r}"
+            )
+        _ = self.freeze_stages  # raises ValueError for a bad mode
+        if self.class_weighting != "none" and self.balanced_sampler:
+            raise ValueError(
+                "config keys 'class_weighting' and 'balanced_sampler' both rebalance classes; "
+                "set class_weighting: none or balanced_sampler: false"
+            )
+
+    @property
+    def freeze_stages(self) -> int | None:
+        """Number of frozen stages for ``freeze_stages:N``, ``None`` for ``full`` / ``linear``."""
+        if self.mode in ("full", "linear"):
+            return None
+        prefix = "freeze_stages:"
+        if self.mode.startswith(prefix):
+            value = self.mode[len(prefix):].strip()
+            if value.isdigit() and 1 <= int(value) <= 4:
+                return int(value)
+        raise ValueError(f"config key 'mode': got {self.mode!r}; allowed: {', '.join(MODES)}")
+
+
+_NESTED = {"early_stopping": EarlyStoppingConfig, "distill": DistillConfig}
+
+
+def _check_type(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check one value's type against the field's annotation (str form); returns the coerced value."""
+    ann = str(f.type)
+    optional = "None" in ann
+    if value is None:
+        if optional or f.default is None:
+            return None
+        raise ValueError(f"config key '{key}': null is not allowed; expected {ann}")
+    if ann.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if ann.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if ann.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"config key '{key}': expected a finite number, got {value!r}")
+        return float(value)
+    if ann.startswith("str"):
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    if ann.startswith("dict"):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _check_range(key: str, value: Any, f: dataclasses.Field) -> None:
+    if value is None:
+        return
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        allowed = ", ".join("null" if c is None else str(c) for c in f.metadata["choices"])
+        raise ValueError(f"config key '{key}': got {value!r}; allowed: {allowed}")
+    if "range" in f.metadata:
+        low, high, low_open = f.metadata["range"]
+        bad_low = low is not None and (value <= low if low_open else value < low)
+        bad_high = high is not None and value > high
+        if bad_low or bad_high:
+            lo = "-inf" if low is None else low
+            hi = "inf" if high is None else high
+            bracket = "(" if low_open else "["
+            raise ValueError(f"config key '{key}': {value!r} is out of range; allowed: {bracket}{lo}, {hi}]")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+        raise ValueError(
+            f"unknown config key '{prefix}{unknown[0]}'{hint}; allowed keys{' under ' + prefix.rstrip('.') if prefix else ''}: "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        key = f"{prefix}{name}"
+        if name in _NESTED and cls is TrainConfig:
+            kwargs[name] = _build(_NESTED[name], value or {}, prefix=f"{key}.")
+            continue
+        value = _check_type(key, value, f)
+        _check_range(key, value, f)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a (possibly nested) mapping.
+
+    Raises:
+        ValueError: an unknown key or an invalid value, naming the key and what is allowed.
+    """
+    return _build(TrainConfig, data)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain-dict form of a config (what ``config.yaml`` of a run directory holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for nested sections; values parsed as YAML).
+
+    Example: ``["epochs=3", "early_stopping.patience=2", "image_size=[64,64]"]``.
+    """
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. --set epochs=3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = key.split(".")
+        target = data
+        for part in parts[:-1]:
+            node = target.get(part)
+            if node is None:
+                node = {}
+            elif not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: config key '{part}' is not a section")
+            target[part] = node = dict(node)
+            target = node
+        target[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply ``--set`` overrides and validate.
+
+    Args:
+        path: YAML file (``None``: start from the defaults, e.g. when every key comes from ``--set``).
+        overrides: ``key=value`` strings applied after the file is read.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ValueError: invalid YAML, an unknown key or an out-of-range value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found; see experiments/configs/ for examples")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error})") from error
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data)

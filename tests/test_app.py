@@ -1,0 +1,317 @@
+"""The demo: ``medvit.demo`` (what the page computes) and the Streamlit page itself (``AppTest``).
+
+Everything runs on the embedded default models in ``app/demo_models/`` and the bundled samples in
+``app/samples/``; CPU-only and offline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvit import demo
+from medvit.data.images import ImageReadError, read_image
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "app" / "streamlit_app.py"
+EMBEDDED = REPO / "app" / "demo_models"
+SAMPLES = REPO / "app" / "samples"
+DATASETS = ("busi", "ham10000", "eyepacs")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def entries() -> list[demo.RunEntry]:
+    return demo.discover_runs(None, EMBEDDED)
+
+
+@pytest.fixture(scope="module")
+def busi_model(entries) -> demo.DemoModel:
+    torch.set_num_threads(2)
+    return demo.load_demo_model(demo.default_run(entries, "busi").path)
+
+
+@pytest.fixture(scope="module")
+def busi_sample() -> demo.Sample:
+    return next(s for s in demo.load_samples(SAMPLES) if s.dataset == "busi" and s.label == "malignant")
+
+
+# ------------------------------------------------------------------------------------------------
+# Library: runs, samples, uploads
+# ------------------------------------------------------------------------------------------------
+
+
+def test_embedded_default_model_per_dataset(entries):
+    for dataset in DATASETS:
+        default = demo.default_run(entries, dataset)
+        assert default is not None and default.is_embedded and default.is_default, dataset
+        assert default.model_name == "tf_efficientnet_lite0"
+        assert (default.path / "best.safetensors").stat().st_size < 8 * 2**20  # fp16 export
+        assert sum(e.is_default for e in entries if e.dataset == dataset) == 1
+    busi_models = {e.model_name for e in entries if e.dataset == "busi"}
+    assert {"tf_efficientnet_lite0", "vvt_tiny", "acc_vit_tiny"} <= busi_models
+
+
+def test_discover_runs_lists_runs_folder_including_broken(tmp_path):
+    good = tmp_path / "runs" / "grid" / "busi_copy"
+    shutil.copytree(demo.default_run(demo.discover_runs(None, EMBEDDED), "busi").path, good)
+    broken = tmp_path / "runs" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "model.json").write_text("{not json")
+    found = demo.discover_runs(tmp_path / "runs", EMBEDDED)
+    by_path = {e.path: e for e in found}
+    assert by_path[good].dataset == "busi" and not by_path[good].is_embedded and not by_path[good].is_default
+    assert by_path[broken].dataset == "" and by_path[broken].model_name == ""
+    assert demo.default_run(found, "busi").is_embedded
+    with pytest.raises(ValueError, match="not valid JSON"):
+        demo.load_demo_model(broken)
+    assert demo.discover_runs(tmp_path / "missing", tmp_path / "no_models") == []
+
+
+def test_samples_catalogue():
+    samples = demo.load_samples(SAMPLES)
+    for dataset in DATASETS:
+        labels = {s.label for s in samples if s.dataset == dataset}
+        default = demo.default_run(demo.discover_runs(None, EMBEDDED), dataset)
+        info = json.loads((default.path / "model.json").read_text())
+        assert labels == set(info["class_names"]), dataset
+    busi = [s for s in samples if s.dataset == "busi"]
+    assert all(s.mask for s in busi)
+    assert not any(s.seen_in_training for s in samples)
+    total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
+    assert total < 4 * 2**20
+    assert (SAMPLES / "ATTRIBUTION.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (40, 30), 128),
+        Image.new("P", (40, 30), 3),
+        Image.new("RGBA", (40, 30), (10, 20, 30, 128)),
+        Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)),
+        Image.new("RGB", (40, 30), (200, 100, 0)),
+    ],
+    ids=["gray", "palette", "rgba", "16bit", "rgb"],
+)
+def test_read_upload_modes(image):
+    rgb = demo.read_upload(_png(image), "x.png")
+    assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "JPEG"])
+def test_read_upload_formats(fmt):
+    buffer = io.BytesIO()
+    Image.new("RGB", (33, 17), (1, 2, 3)).save(buffer, format=fmt)
+    assert demo.read_upload(buffer.getvalue(), f"x.{fmt.lower()}").shape == (17, 33, 3)
+
+
+def test_read_upload_rejects_bad_input():
+    with pytest.raises(ImageReadError, match="notes.txt: not a readable image"):
+        demo.read_upload(b"just some text, not an image", "notes.txt")
+    good = _png(Image.new("RGB", (64, 64), (9, 9, 9)))
+    with pytest.raises(ImageReadError, match="cut.png: truncated or corrupt"):
+        demo.read_upload(good[: len(good) // 2] + b"\0" * 10, "cut.png")
+    with pytest.raises(ImageReadError, match="empty.png: empty file"):
+        demo.read_upload(b"", "empty.png")
+    with pytest.raises(ValueError, match=r"big.png: the file is 2.0 MB, over the 1 MB upload limit"):
+        demo.read_upload(b"\0" * (2 * 2**20), "big.png", max_bytes=2**20)
+    huge = _png(Image.new("1", (8000, 7000)))  # 56 MP in a few kB: refused from the header
+    assert len(huge) < demo.MAX_UPLOAD_BYTES
+    with pytest.raises(ImageReadError, match=r"huge.png: decompression bomb refused: 8000x7000"):
+        demo.read_upload(huge, "huge.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# Library: explanations and model card
+# ------------------------------------------------------------------------------------------------
+
+
+def test_explain_image_with_mask(busi_model, busi_sample):
+    from medvit.data.images import read_mask
+
+    rgb = read_image(busi_sample.path)
+    mask = read_mask([str(m) for m in busi_sample.mask], shape=rgb.shape[:2])
+    explanation = demo.explain_image(busi_model, rgb, mask=mask)
+    assert explanation.probabilities.shape == (3,)
+    assert explanation.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert explanation.target == explanation.predicted == int(np.argmax(explanation.probabilities))
+    assert [s.stride for s in explanation.stages] == [4, 8, 16, 32]
+    height, width = busi_model.run.image_size
+    assert [s.grid_size for s in explanation.stages] == [(height // r, width // r) for r in (4, 8, 16, 32)]
+    for stage in explanation.stages:
+        assert stage.overlay.shape == explanation.image.shape and stage.overlay.dtype == np.uint8
+        assert stage.cam.shape == explanation.image.shape[:2] and 0 <= stage.cam.min() <= stage.cam.max() <= 1
+        assert stage.localization and all(np.isfinite(v) for v in stage.localization.values())
+    assert explanation.mask.shape == explanation.image.shape[:2] and explanation.mask.any()
+    # no hook stays on the shared model, and it is still in eval mode
+    for module in busi_model.run.model.modules():
+        assert not module._forward_hooks and not module._backward_hooks and not module.training
+    # another target class changes the maps, not the probabilities
+    other = demo.explain_image(busi_model, rgb, target=(explanation.predicted + 1) % 3)
+    np.testing.assert_allclose(other.probabilities, explanation.probabilities, atol=1e-6)
+    assert not np.allclose(other.stages[3].cam, explanation.stages[3].cam)
+    # downloads
+    payload = demo.explanation_to_json(explanation, source=busi_sample.path.name)
+    json.dumps(payload)
+    assert sum(payload["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert [s["stride"] for s in payload["stages"]] == [4, 8, 16, 32]
+    png = demo.render_explanation_png(explanation, alpha=0.4)
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    redrawn = demo.overlay_stages(explanation, 0.0)
+    np.testing.assert_allclose(redrawn[0], explanation.image, atol=1)
+
+
+def test_explain_image_rejects_bad_arguments(busi_model):
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="out of range"):
+        demo.explain_image(busi_model, rgb, target=7)
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        demo.explain_image(busi_model, rgb, method="nope")
+    with pytest.raises(ValueError, match="mask is 5x4"):
+        demo.explain_image(busi_model, rgb, mask=np.zeros((4, 5)))
+
+
+def test_model_cards_read_reports(entries):
+    for entry in entries:
+        card = demo.load_model_card(entry.path)
+        assert card.backbone == entry.model_name
+        assert card.dataset == entry.dataset
+        assert set(card.split_sizes) == {"train", "val", "test"} and all(card.split_sizes.values())
+        assert card.per_class and "(" in card.per_class[0]["recall"]  # value with its CI
+        summary = json.loads((entry.path / "report" / "summary.json").read_text())
+        assert card.summary["accuracy"].startswith(f"{summary['accuracy']['value']:.3f}")
+        assert card.selection["chosen"] and card.selection["candidates"]
+        if entry.model_name == "tf_efficientnet_lite0":
+            assert card.pretrained.startswith("efficientnet-lite0") and "sha256" in card.pretrained
+        assert card.training["epochs"] and card.train_seconds and card.train_seconds > 0
+
+
+def test_explanations_from_threads_match_serial(busi_model, busi_sample):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rgb = read_image(busi_sample.path)
+    serial = [demo.explain_image(busi_model, rgb, target=k) for k in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = list(pool.map(lambda k: demo.explain_image(busi_model, rgb, target=k), range(3)))
+    for one, other in zip(serial, threaded):
+        np.testing.assert_allclose(one.probabilities, other.probabilities, atol=1e-6)
+        for a, b in zip(one.stages, other.stages):
+            np.testing.assert_allclose(a.cam, b.cam, atol=1e-5)
+    assert all(not m._forward_hooks for m in busi_model.run.model.modules())
+
+
+def test_demo_models_table_reads_reports(entries):
+    table = demo.demo_models_markdown(EMBEDDED).strip().splitlines()
+    assert len(table) == 2 + len(entries)
+    for entry in entries:
+        row = next(line for line in table if line.startswith(f"| {entry.path.name}"))
+        summary = json.loads((entry.path / "report" / "summary.json").read_text())
+        assert f"{summary['macro']['f1']['value']:.3f}" in row and entry.model_name in row
+
+
+def test_export_demo_model_keeps_the_better_run(tmp_path, entries):
+    source = demo.default_run(entries, "busi").path
+    runs = []
+    for name, f1 in (("run_a", 0.2), ("run_b", 0.6)):
+        run = tmp_path / name
+        shutil.copytree(source, run)
+        summary = json.loads((run / "report" / "summary.json").read_text())
+        summary["macro"]["f1"]["value"] = f1
+        (run / "report" / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    selection = demo.export_demo_model(runs, tmp_path / "out", metric="macro_f1")
+    assert selection["chosen"] == "run_b" and selection["score"] == pytest.approx(0.6)
+    assert [c["score"] for c in selection["candidates"]] == [0.2, 0.6]
+    saved = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert saved["chosen"] == "run_b"
+    with pytest.raises(FileNotFoundError, match="medvit report"):
+        demo.export_demo_model([tmp_path / "nothing"], tmp_path / "out2")
+
+
+def test_streamlit_command_is_headless_and_offline():
+    command = demo.streamlit_command(port=8765, runs_dir="my_runs")
+    line = " ".join(command)
+    assert str(APP) in command
+    for flag in ("--server.headless true", "--browser.gatherUsageStats false", "--server.port 8765",
+                 "--server.maxUploadSize 20"):
+        assert flag in line
+    assert command[-2:] == ["--runs", "my_runs"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The page (Streamlit AppTest)
+# ------------------------------------------------------------------------------------------------
+
+
+def _page(tmp_path: Path):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.text_input(key="runs_dir").set_value(str(tmp_path / "runs")).run()
+    return at
+
+
+def _probability_table(at) -> "pd.DataFrame":
+    return next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "probability"])
+
+
+def test_page_default_model_with_sample(tmp_path):
+    at = _page(tmp_path)
+    assert not at.exception and not at.error
+    assert any("Research use only" in w.value for w in at.warning)
+    assert at.selectbox(key="dataset").value == "busi"
+    assert at.selectbox(key="run-busi").value.is_default
+    probabilities = _probability_table(at)
+    assert probabilities["probability"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert list(probabilities["probability"]) == sorted(probabilities["probability"], reverse=True)
+    captions = [c for image in at.image for c in image.captions]
+    stage_captions = [c for c in captions if c.startswith("Stage ")]
+    assert len(stage_captions) == 4 and "stride 32" in stage_captions[3]
+    assert any("Lesion mask" in c for c in captions)
+    assert any(m.label == "True label" for m in at.metric)
+    # another dataset and another sample
+    at.selectbox(key="dataset").set_value("ham10000").run()
+    assert not at.exception and not at.error
+    assert len(_probability_table(at)) == 7
+
+
+def test_page_bad_upload_then_good_upload(tmp_path):
+    at = _page(tmp_path)
+    at.radio(key="source").set_value("Upload an image").run()
+    at.file_uploader(key="upload").set_value(("scan.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
+    assert not at.exception
+    assert any("scan.png" in e.value and "not a readable image" in e.value for e in at.error)
+    sample = next(s for s in demo.load_samples(SAMPLES) if s.dataset == "busi")
+    at.file_uploader(key="upload").set_value((sample.path.name, sample.path.read_bytes(), "image/png")).run()
+    assert not at.exception and not at.error
+    assert _probability_table(at)["probability"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_page_survives_a_run_that_does_not_load(tmp_path):
+    broken = tmp_path / "runs" / "broken_busi"
+    broken.mkdir(parents=True)
+    info = json.loads((demo.default_run(demo.discover_runs(None, EMBEDDED), "busi").path / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps(info))  # no weights
+    at = _page(tmp_path)
+    choices = at.selectbox(key="run-busi").options
+    assert any("broken_busi" in c for c in choices)
+    entry = next(e for e in demo.discover_runs(tmp_path / "runs", EMBEDDED) if e.path == broken)
+    at.selectbox(key="run-busi").set_value(entry).run()
+    assert not at.exception
+    assert any("does not load" in e.value and "best.safetensors" in e.value for e in at.error)
+    at.selectbox(key="run-busi").set_value(demo.default_run(demo.discover_runs(None, EMBEDDED), "busi")).run()
+    assert not at.exception and not at.error
