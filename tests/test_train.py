@@ -165,6 +165,21 @@ def test_config_typo_and_range_are_clear_errors(tmp_path):
     assert cfg.image_size == [64, 64] and cfg.early_stopping.mode == "min" and cfg.freeze_stages == 2
 
 
+def test_config_pretrained_takes_bundled_weights_or_a_file(tmp_path):
+    from medvit.models.efficientnet_lite import bundled_weights_path
+    from medvit.train.engine import _pretrained_file
+
+    bundled = load_config(None, ["model=tf_efficientnet_lite0", "pretrained=true"])
+    assert bundled.pretrained is True
+    assert _pretrained_file(bundled) == bundled_weights_path("tf_efficientnet_lite0")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    assert _pretrained_file(load_config(None, [f"pretrained={weights}"])) == weights
+    assert _pretrained_file(load_config(None, ["pretrained=null"])) is None
+    with pytest.raises(ValueError, match="config key 'pretrained': expected true/false or a file path"):
+        load_config(None, ["pretrained=3"])
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(busi, tmp_path, monkeypatch):
     import medvit.train.engine as engine
 

