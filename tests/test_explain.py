@@ -24,7 +24,7 @@ from medvit.explain import (
     stage_cam_class,
     summarize_scores,
 )
-from medvit.explain.cam import stage_grid_size
+from medvit.explain.cam import stage_grid_size, stage_reshape_transform
 from medvit.models import create_model, list_models, pyramid_stages, to_nchw
 
 # Larger variants share their family's code with the light one that runs in the fast set.
@@ -42,11 +42,7 @@ def _reference_cams(model: nn.Module, image: torch.Tensor, target: int, method: 
     size = tuple(image.shape[-2:])
     maps = []
     for stage in pyramid_stages(model):
-        hw = stage_grid_size(size, stage.reduction)
-
-        def reshape(x: torch.Tensor, fmt: str = stage.fmt, hw=hw) -> torch.Tensor:
-            return to_nchw(x, fmt, hw)
-
+        reshape = stage_reshape_transform(stage, size)
         with CAM_METHODS[method](model, target_layers=[stage.module], reshape_transform=reshape) as cam:
             maps.append(cam(image, [ClassifierOutputTarget(target)])[0])
     return maps

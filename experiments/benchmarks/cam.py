@@ -32,8 +32,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from medvit.explain import compute_stage_cams
-from medvit.explain.cam import stage_grid_size
-from medvit.models import create_model, list_models, pyramid_stages, to_nchw
+from medvit.explain.cam import stage_reshape_transform
+from medvit.models import create_model, list_models, pyramid_stages
 
 _logger = logging.getLogger("medvit.benchmarks.cam")
 
@@ -65,11 +65,7 @@ def separate_runs(model: torch.nn.Module, image: torch.Tensor, target: int) -> l
     size = tuple(image.shape[-2:])
     maps = []
     for stage in pyramid_stages(model):
-        hw = stage_grid_size(size, stage.reduction)
-
-        def reshape(x: torch.Tensor, fmt: str = stage.fmt, hw=hw) -> torch.Tensor:
-            return to_nchw(x, fmt, hw)
-
+        reshape = stage_reshape_transform(stage, size)
         with GradCAM(model, target_layers=[stage.module], reshape_transform=reshape) as cam:
             maps.append(cam(image, [ClassifierOutputTarget(target)]))
     return maps

@@ -49,6 +49,7 @@ __all__ = [
     "compute_stage_cams",
     "stage_cam_class",
     "stage_grid_size",
+    "stage_reshape_transform",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -109,6 +110,16 @@ def _stage_to_nchw(x: torch.Tensor, stage: StageInfo, input_size: Sequence[int])
             f"{tuple(input_size)} is not a multiple of it; resize the image to a multiple of {stage.reduction}"
         )
     return to_nchw(x, stage.fmt, grid)
+
+
+def stage_reshape_transform(stage: StageInfo, input_size: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pytorch-grad-cam ``reshape_transform`` for one stage alone: its output to (B, C, h, w).
+
+    Args:
+        stage: The stage whose module is the CAM object's single target layer.
+        input_size: Input ``(H, W)``; token (NLC) stages take their grid from it and the stride.
+    """
+    return functools.partial(_stage_to_nchw, stage=stage, input_size=tuple(input_size))
 
 
 class StageActivations(ActivationsAndGradients):
