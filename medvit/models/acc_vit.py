@@ -40,7 +40,6 @@ input is 56 x 56 with dilations 2, 4, 8: 7 * 8 = 56). Other sizes raise a ``Valu
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -64,11 +63,12 @@ from timm.layers import (
     get_norm_act_layer,
     make_divisible,
     to_2tuple,
-    trunc_normal_,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+
+from medvit.models.init import init_linear_and_conv
 
 __all__ = [
     "AccVitCfg",
@@ -468,19 +468,6 @@ class Stem(nn.Module):
         return self.conv2(self.norm1(self.conv1(x)))
 
 
-def _init_weights(module: nn.Module, name: str = "") -> None:
-    """ViT-style init for linear layers, EfficientNet-style (fan-out normal) for convolutions."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 class AccVit(nn.Module):
     """ACC-ViT backbone and classifier (timm conventions; four NCHW stages at strides 4, 8, 16, 32)."""
 
@@ -545,8 +532,8 @@ class AccVit(nn.Module):
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
             norm_layer=partial(LayerNorm2d, eps=cfg.attn_norm_eps))
 
-        for name, module in self.named_modules():
-            _init_weights(module, name)
+        for module in self.modules():
+            init_linear_and_conv(module)  # ViT-style Linear, EfficientNet-style (fan-out) conv init
 
     @property
     def input_multiple(self) -> Tuple[int, int]:

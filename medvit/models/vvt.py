@@ -41,11 +41,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, calculate_drop_path_rates, get_device_dtype, trunc_normal_
+from timm.layers import DropPath, calculate_drop_path_rates, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import OverlapPatchEmbed
 from torch import Tensor, nn
+
+from medvit.models.init import init_linear_and_conv
 
 __all__ = ["VvtCfg", "VicinityAttention", "VvtBlock", "VvtStage", "VicinityVisionTransformer", "checkpoint_filter_fn"]
 
@@ -425,20 +427,7 @@ class VicinityVisionTransformer(nn.Module):
 
         self.num_features = self.head_hidden_size = cfg.embed_dims[-1]
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        """Official init: Linear trunc_normal(0.02) + zero bias; Conv normal(0, sqrt(2 / fan_out))."""
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_conv)  # the official init
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -467,7 +456,7 @@ class VicinityVisionTransformer(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            self._init_weights(self.head)
+            init_linear_and_conv(self.head)
         self.head.train(self.training)
 
     def stage_modules(self) -> List[nn.Module]:
