@@ -87,6 +87,38 @@ def test_equals_official_outputs(test_model, weights, io_file, batch, stage_atol
     torch.testing.assert_close(logits, expected["logits"], atol=logits_atol, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_bytes, images_per_chunk", [(1, 1), (0, 2), (2 ** 40, 2)])
+def test_cpu_chunked_mlp_equals_whole_batch(test_model, monkeypatch, chunk_bytes, images_per_chunk) -> None:
+    """Image-by-image MLPs (the CPU cache blocking) give the official outputs and the same gradients."""
+    state_dict = checkpoint_filter_fn(load_file(FIXTURES / "vvt_test_official.safetensors"), test_model)
+    test_model.load_state_dict(state_dict, strict=True)
+    expected = load_file(FIXTURES / "vvt_test_io_160x256.safetensors")
+    x = expected["input"]
+    assert x.shape[0] == 2
+    monkeypatch.setattr(vvt.VvtMlp, "cpu_chunk_bytes", 0)
+    whole_logits = test_model(x.requires_grad_(True))
+    (whole_grad,) = torch.autograd.grad(whole_logits.square().sum(), x)
+    monkeypatch.setattr(vvt.VvtMlp, "cpu_chunk_bytes", chunk_bytes)
+    mlp = test_model.stages[0].blocks[0].mlp
+    assert mlp.images_per_chunk(torch.empty(2, 40 * 64, 8)) == images_per_chunk
+    with torch.inference_mode():
+        final, stages = test_model.forward_intermediates(x.detach())
+        logits = test_model.forward_head(final)
+    for i, stage in enumerate(stages):
+        torch.testing.assert_close(stage, expected[f"stage{i + 1}"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, expected["logits"], atol=1e-6, rtol=0)
+    chunked_logits = test_model(x)
+    (chunked_grad,) = torch.autograd.grad(chunked_logits.square().sum(), x)
+    torch.testing.assert_close(chunked_logits, whole_logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked_grad, whole_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_mlp_is_not_chunked_off_the_cpu() -> None:
+    mlp = vvt.VvtMlp(8, 768, device="meta")
+    assert mlp.images_per_chunk(torch.empty(8, 3136, 8, device="meta")) == 8
+    assert vvt.VvtMlp(8, 768).images_per_chunk(torch.empty(8, 3136, 8)) == 1  # 9.6 MB per image
+
+
 def test_official_pth_wrappers_and_native_keys(test_model: nn.Module, tmp_path: Path) -> None:
     official = load_file(FIXTURES / "vvt_test_stress_weights.safetensors")
     path = tmp_path / "official.pth"

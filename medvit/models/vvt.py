@@ -19,6 +19,8 @@ Differences from the official code, none of which changes the outputs beyond flo
   same parameter count), ``out_proj`` is ``proj`` and ``mlp.dwconv.dwconv`` is ``mlp.dwconv``.
 * The 4d-wide cos/sin features are built with one broadcast multiply, the normaliser q̃·Σk̃ comes out
   of the same batched matmul as q̃·KV, and clamps whose input sign is known are one-sided.
+* On the CPU the MLPs run image by image where a batch's hidden activation would not fit in cache
+  (see :class:`VvtMlp`); each image's arithmetic is unchanged.
 * Each stage module takes and returns an NCHW map (the official code keeps stage 4 as tokens).
 * Input height and width must be multiples of 32 (the official code accepts any size; the pyramid
   contract of medvit wants exact strides 4/8/16/32).
@@ -250,9 +252,18 @@ class VicinityAttention(nn.Module):
 class VvtMlp(nn.Module):
     """fc1 -> depthwise 3x3 conv -> exact GELU -> fc2 on tokens (B, N, C) of an H x W grid.
 
-    As the official ``Mlp`` (no activation before the depthwise conv); the conv runs on a
+    As the official ``Mlp`` (no activation before the depthwise conv). The conv runs on a
     channels-last view of the tokens and GELU is applied in place on the conv's output.
+
+    On the CPU the batch goes through in chunks of whole images whose hidden activation (N x
+    hidden_features) fits in ``cpu_chunk_bytes`` (at least one image per chunk): stage 1 of
+    vvt_tiny has a 77 MB hidden activation for 8 images at 224², which otherwise makes fc1, the
+    depthwise conv, GELU and fc2 each stream it through main memory (and page-fault it in afresh
+    on every call). Each image goes through the same operations as in the whole batch (the outputs
+    were bitwise equal on the machines measured; tests allow float rounding).
     """
+
+    cpu_chunk_bytes: int = 16 * 2 ** 20  # a fraction of a server CPU's last-level cache; 0 = never chunk
 
     def __init__(
             self,
@@ -269,10 +280,25 @@ class VvtMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features, **dd)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+    def images_per_chunk(self, x: Tensor) -> int:
+        """How many images of ``x`` (B, N, C) go through at once (B unless chunking on the CPU)."""
         B, N, _ = x.shape
+        if x.device.type != "cpu" or self.cpu_chunk_bytes <= 0:
+            return B
+        per_image = N * self.fc1.out_features * x.element_size()
+        return max(1, min(B, self.cpu_chunk_bytes // per_image))
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        n = self.images_per_chunk(x)
+        if n >= x.shape[0]:
+            return self._forward_images(x, feat_size)
+        return torch.cat([self._forward_images(chunk, feat_size) for chunk in x.split(n)])
+
+    def _forward_images(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         x = self.fc1(x)
-        x = self.dwconv(x.transpose(1, 2).view(B, -1, feat_size[0], feat_size[1]))  # channels-last view
+        # (B, H, W, C) permuted to NCHW: a channels-last tensor that the conv takes without a copy,
+        # also for B = 1 (a transpose(1, 2).view(...) leaves a batch stride that forces an NCHW copy)
+        x = self.dwconv(x.view(x.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2))
         x = torch.ops.aten.gelu_(x.flatten(2).transpose(1, 2))  # exact (erf) GELU
         x = self.drop(x)
         x = self.fc2(x)
