@@ -111,7 +111,8 @@ def to_markdown(table: pd.DataFrame, repeats: int, load: tuple[float, float, flo
     lines.append(
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}), "
         f"{torch.get_num_threads()} threads, batch 1, Grad-CAM, random weights; best of {repeats} after a warm-up. "
-        f"Load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}: the machine was shared with other jobs."
+        f"Load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (the benchmark's own threads count; "
+        "above ~2 the machine was shared with other jobs)."
     )
     return "\n".join(lines) + "\n"
 
