@@ -30,8 +30,9 @@ clean:
 # ($(POOLS), see its README) and the committed configs experiments/configs/demo_*.yaml:
 #   * ImageNet tf_efficientnet_lite0 fine-tuned per dataset (busi, ham10000, eyepacs): the page's defaults;
 #   * vvt_tiny and acc_vit_tiny on BUSI, each trained from scratch AND distilled from the BUSI lite0
-#     (DeiT-style soft targets); `medvit demo-export` keeps the one with the higher test macro F1 and
-#     records both scores in selection.json (the page's model card shows them).
+#     (DeiT-style soft targets); `medvit demo-export` keeps the one with the higher validation macro F1
+#     (at each run's kept epoch; the test split plays no part in the choice) and records both runs'
+#     scores in selection.json (the page's model card shows them).
 # `medvit train` ends with the test-split evaluation and report/ (per-class metrics with bootstrap CIs);
 # `medvit demo-export` copies model.json, config.yaml, metrics.csv, report/ and fp16 best.safetensors.
 # Runs are written to $(DEMO_RUNS) (git-ignored). On a GPU: make demo-models DEMO_SET='--set device=cuda'.

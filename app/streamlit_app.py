@@ -256,7 +256,8 @@ def show_model_card(entry: demo.RunEntry) -> None:
                 f"{c['run']} ({c['how']}): {c['score']:.3f}" for c in card.selection.get("candidates", [])
             )
             st.markdown(
-                f"**How it was trained:** {card.selection.get('how', '')}. Chosen by test-set "
+                f"**How it was trained:** {card.selection.get('how', '')}. Chosen by "
+                f"{'validation' if card.selection.get('split') == 'val' else 'test-set'} "
                 f"{card.selection.get('metric', '')} among: {candidates}."
             )
         sizes = ", ".join(f"{split} {count}" for split, count in card.split_sizes.items()) or "not recorded"

@@ -41,6 +41,7 @@ from PIL import Image
 
 from medvit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from medvit.run_dir import BEST_WEIGHTS, MODEL_JSON, Run, atomic_write_text, export_run, load_run
+from medvit.train.config import EarlyStoppingConfig
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -64,6 +65,7 @@ __all__ = [
     "load_model_card",
     "demo_models_markdown",
     "export_demo_model",
+    "validation_score",
     "streamlit_command",
     "serve_demo",
 ]
@@ -823,7 +825,8 @@ def demo_models_markdown(embedded_dir: str | Path | None = None) -> str:
         others = [c for c in card.selection.get("candidates", []) if c["run"] != card.selection.get("chosen")]
         if others:
             metric = card.selection.get("metric", "")
-            how += f" (test {metric} {card.selection.get('score', float('nan')):.3f}; kept over: " + "; ".join(
+            split = "validation" if card.selection.get("split") == "val" else str(card.selection.get("split", ""))
+            how += f" (chosen on {split} {metric}: {card.selection.get('score', float('nan')):.3f}; kept over: " + "; ".join(
                 f"{c['how']}, {c['score']:.3f}" for c in others
             ) + ")"
         minutes = f"{card.train_seconds / 60:.1f} min" if card.train_seconds else "n/a"
@@ -870,6 +873,44 @@ def _describe_how(config: Mapping[str, Any]) -> str:
     return how
 
 
+def validation_score(run: str | Path, metric: str = "macro_f1") -> tuple[float, int]:
+    """Validation ``metric`` of a run at the epoch whose weights it kept (``best.safetensors``).
+
+    Reads ``metrics.csv`` and, from ``config.yaml``, the ``early_stopping.metric`` that chose the kept
+    epoch (the first best row, as the engine keeps it; ``val_loss`` is minimised).
+
+    Returns:
+        (score, epoch): ``val_{metric}`` of that epoch and the epoch number (1-based).
+
+    Raises:
+        FileNotFoundError: ``metrics.csv`` is missing or empty.
+        KeyError: ``val_{metric}`` is not a column of ``metrics.csv``.
+    """
+    import yaml
+
+    run = Path(run)
+    metrics_path = run / "metrics.csv"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} not found; is {run} a finished 'medvit train' run?")
+    with open(metrics_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise FileNotFoundError(f"{metrics_path} has no epochs; train the run first")
+    column = f"val_{metric}"
+    if column not in rows[0]:
+        choices = ", ".join(c[len("val_"):] for c in rows[0] if c.startswith("val_"))
+        raise KeyError(f"{metrics_path}: no column {column!r}; choose --metric from {choices}")
+    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+    stopping = (config or {}).get("early_stopping") or {}
+    monitor = EarlyStoppingConfig(metric=stopping.get("metric", EarlyStoppingConfig.metric))
+    best, kept = None, len(rows) - 1
+    for index, row in enumerate(rows):  # the engine's rule: the first strict improvement is kept
+        value = float(row[monitor.metric])
+        if not math.isnan(value) and (best is None or (value < best if monitor.mode == "min" else value > best)):
+            best, kept = value, index
+    return float(rows[kept][column]), kept + 1
+
+
 def export_demo_model(
     runs: Sequence[str | Path],
     out_dir: str | Path,
@@ -878,41 +919,48 @@ def export_demo_model(
 ) -> dict[str, Any]:
     """Embed the best of several candidate runs as a demo model, with fp16 weights.
 
-    Every candidate must have ``report/summary.json`` (``medvit report``); the one with the highest
-    test-set ``metric`` is exported with :func:`medvit.run_dir.export_run`, and ``selection.json`` in
-    ``out_dir`` records every candidate's score, how it was trained and which was chosen, so the model
-    card can say it. With one candidate this is a plain fp16 export plus ``selection.json``.
+    The candidates are compared on their **validation** ``metric`` at the epoch each kept
+    (:func:`validation_score`), never on the test split, so the test scores on the model card stay
+    unbiased by the choice. Every candidate must have ``metrics.csv`` and ``report/summary.json``
+    (``medvit report``; its test score is recorded beside the validation score). The chosen run is
+    exported with :func:`medvit.run_dir.export_run`, and ``selection.json`` in ``out_dir`` records
+    every candidate's scores, how it was trained and which was chosen, so the model card can say it.
+    With one candidate this is a plain fp16 export plus ``selection.json``.
 
     Args:
         runs: candidate run directories.
         out_dir: the embedded model's folder (e.g. ``app/demo_models/busi_vvt_tiny``).
-        metric: ``summary.json`` key to maximise.
+        metric: metric to maximise, a ``val_*`` column of ``metrics.csv`` without ``val_`` (e.g.
+            ``macro_f1``, ``balanced_accuracy``, ``macro_auroc``).
         default: mark this model as its dataset's default on the page.
 
     Returns:
         The selection record written to ``selection.json``.
 
     Raises:
-        FileNotFoundError: a candidate or its ``report/summary.json`` is missing.
-        KeyError: ``metric`` is not in a candidate's summary.
+        FileNotFoundError: a candidate, its ``metrics.csv`` or its ``report/summary.json`` is missing.
+        KeyError: ``metric`` is not logged for a candidate.
     """
     if not runs:
         raise ValueError("demo-export needs at least one candidate run directory")
+    import yaml
+
     candidates = []
     for run in map(Path, runs):
         summary_path = run / "report" / "summary.json"
         if not summary_path.is_file():
             raise FileNotFoundError(f"{summary_path} not found; run 'medvit report {run}' first")
+        score, epoch = validation_score(run, metric)
         summary = json.loads(summary_path.read_text())
         try:
-            score = _summary_score(summary, metric)
+            test_score: float | None = _summary_score(summary, metric)
         except KeyError:
-            choices = ", ".join(sorted(k for k, v in summary.items() if isinstance(v, Mapping)))
-            raise KeyError(f"{summary_path}: no metric {metric!r}; choose e.g. macro_f1 or one of {choices}") from None
-        import yaml
-
+            test_score = None
         config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-        candidates.append({"run": run.name, "score": score, "how": _describe_how(config or {})})
+        candidates.append({
+            "run": run.name, "score": score, "epoch": epoch, "test_score": test_score,
+            "how": _describe_how(config or {}),
+        })
     best = max(range(len(candidates)), key=lambda i: candidates[i]["score"])
     out_dir = Path(out_dir)
     export_run(Path(runs[best]), out_dir, dtype=torch.float16)
@@ -920,14 +968,14 @@ def export_demo_model(
         "chosen": candidates[best]["run"],
         "how": candidates[best]["how"],
         "metric": metric,
-        "split": "test",
+        "split": "val",
         "score": candidates[best]["score"],
         "candidates": candidates,
         "default": bool(default),
         "weights_sha256": hashlib.sha256((out_dir / BEST_WEIGHTS).read_bytes()).hexdigest(),
     }
     atomic_write_text(out_dir / SELECTION_JSON, json.dumps(selection, indent=2) + "\n")
-    _logger.info("embedded %s as %s (%s = %.4f)", runs[best], out_dir, metric, candidates[best]["score"])
+    _logger.info("embedded %s as %s (validation %s = %.4f)", runs[best], out_dir, metric, candidates[best]["score"])
     return selection
 
 

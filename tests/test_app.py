@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from medvit import demo
@@ -222,23 +223,49 @@ def test_demo_models_table_reads_reports(entries):
         assert f"{summary['macro']['f1']['value']:.3f}" in row and entry.model_name in row
 
 
-def test_export_demo_model_keeps_the_better_run(tmp_path, entries):
+def _write_metrics(run, rows, monitor="val_balanced_accuracy"):
+    columns = ["epoch", "val_loss", "val_balanced_accuracy", "val_macro_f1"]
+    lines = [",".join(columns)] + [",".join(str(v) for v in row) for row in rows]
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["early_stopping"] = {"metric": monitor, "patience": 0}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_export_demo_model_chooses_on_validation_not_test(tmp_path, entries):
     source = demo.default_run(entries, "busi").path
     runs = []
-    for name, f1 in (("run_a", 0.2), ("run_b", 0.6)):
+    # run_a: better on test, worse on validation at its kept epoch (epoch 2, best balanced accuracy)
+    for name, val_f1, test_f1 in (("run_a", 0.2, 0.9), ("run_b", 0.6, 0.1)):
         run = tmp_path / name
         shutil.copytree(source, run)
+        _write_metrics(run, [(1, 1.0, 0.3, 0.95), (2, 0.9, 0.5, val_f1), (3, 0.8, 0.5, 0.99)])
         summary = json.loads((run / "report" / "summary.json").read_text())
-        summary["macro"]["f1"]["value"] = f1
+        summary["macro"]["f1"]["value"] = test_f1
         (run / "report" / "summary.json").write_text(json.dumps(summary))
         runs.append(run)
     selection = demo.export_demo_model(runs, tmp_path / "out", metric="macro_f1")
-    assert selection["chosen"] == "run_b" and selection["score"] == pytest.approx(0.6)
-    assert [c["score"] for c in selection["candidates"]] == [0.2, 0.6]
+    assert selection["chosen"] == "run_b" and selection["split"] == "val"
+    assert selection["score"] == pytest.approx(0.6)
+    assert [(c["score"], c["epoch"], c["test_score"]) for c in selection["candidates"]] == [(0.2, 2, 0.9), (0.6, 2, 0.1)]
     saved = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert saved["chosen"] == "run_b"
     with pytest.raises(FileNotFoundError, match="medvit report"):
         demo.export_demo_model([tmp_path / "nothing"], tmp_path / "out2")
+    with pytest.raises(KeyError, match="balanced_accuracy"):
+        demo.export_demo_model(runs, tmp_path / "out3", metric="f1_typo")
+
+
+def test_validation_score_follows_the_kept_epoch(tmp_path, entries):
+    run = tmp_path / "run"
+    shutil.copytree(demo.default_run(entries, "busi").path, run)
+    rows = [(1, 1.0, 0.3, 0.1), (2, 0.7, 0.6, 0.2), (3, 0.7, 0.6, 0.3), (4, 0.8, float("nan"), 0.4)]
+    _write_metrics(run, rows)
+    assert demo.validation_score(run, "macro_f1") == (pytest.approx(0.2), 2)  # first best, NaN skipped
+    _write_metrics(run, rows, monitor="val_loss")
+    assert demo.validation_score(run, "macro_f1") == (pytest.approx(0.2), 2)  # loss minimised, first minimum
+    _write_metrics(run, rows, monitor="val_macro_f1")
+    assert demo.validation_score(run, "balanced_accuracy")[1] == 4
 
 
 def test_streamlit_command_is_headless_and_offline():

@@ -27,13 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "demo-export",
         help="embed the best of one or more run directories as a demo model (fp16 weights)",
-        description="Pick the run with the highest test-set METRIC (from each run's report/summary.json), "
-        "export it with fp16 weights to OUT and record every candidate's score in OUT/selection.json.",
+        description="Pick the run with the highest validation METRIC (val_METRIC of metrics.csv at the epoch "
+        "each run kept; never the test split), export it with fp16 weights to OUT and record every "
+        "candidate's validation and test scores in OUT/selection.json. Each run needs report/ (medvit report).",
     )
     export.add_argument("runs", nargs="+", type=Path, help="candidate run directories (each with report/)")
     export.add_argument("--out", type=Path, required=True, help="target folder, e.g. app/demo_models/busi_lite0")
     export.add_argument(
-        "--metric", default="macro_f1", help="summary.json key that picks the best run (default: macro_f1)"
+        "--metric", default="macro_f1", help="validation metric that picks the best run: macro_f1 (default), balanced_accuracy, macro_auroc, ..."
     )
     export.add_argument(
         "--default", action="store_true", help="make it its dataset's default model on the demo page"
@@ -54,5 +55,5 @@ def _demo_export(args: argparse.Namespace) -> int:
     from medvit.demo import export_demo_model
 
     selection = export_demo_model(args.runs, args.out, metric=args.metric, default=args.default)
-    print(f"exported {selection['chosen']} -> {args.out} ({args.metric} = {selection['score']:.4f})")
+    print(f"exported {selection['chosen']} -> {args.out} (validation {args.metric} = {selection['score']:.4f})")
     return 0
