@@ -11,6 +11,7 @@ from einops import rearrange
 
 from medvit.models.acc_vit import (
     AccVit,
+    AccVitBlock,
     AccVitCfg,
     AtrousAttention,
     AtrousMbConv,
@@ -191,6 +192,34 @@ def test_grad_checkpointing_matches_plain_forward() -> None:
     logits.sum().backward()
     torch.testing.assert_close(logits, expected)
     assert model.stem.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_cpu_chunked_blocks_equal_whole_batch(monkeypatch, train: bool) -> None:
+    """Image-by-image blocks (the CPU cache blocking) give the whole batch's outputs and gradients; in
+    training the MBConv still sees the whole batch, so BatchNorm's batch statistics are unchanged."""
+    torch.manual_seed(0)
+    model = _tiny_model(num_classes=3).train(train)
+    x = torch.randn(3, 3, 64, 64, requires_grad=True)
+    results = []
+    for chunk_bytes in (0, 1):
+        monkeypatch.setattr(AccVitBlock, "cpu_chunk_bytes", chunk_bytes)
+        torch.manual_seed(1)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(logits.square().sum(), x)
+        results.append((logits.detach(), grad))
+    assert model.stages[0].blocks[0].images_per_chunk(x) == 1
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
+
+
+def test_images_per_chunk_rule() -> None:
+    block = timm.create_model("acc_vit_tiny").stages[0].blocks[0]  # 64 -> 64 ch, stride 2, expansion 256
+    x = torch.empty(8, 64, 112, 112)
+    assert block.images_per_chunk(x) == 1  # 256 x 112 x 112 x 4 B = 12.8 MB per image
+    assert block.images_per_chunk(x[:, :, :56, :56]) == 5  # 3.2 MB per image
+    with torch.device("meta"):
+        assert block.to("meta").images_per_chunk(torch.empty(8, 64, 112, 112)) == 8  # only on the CPU
 
 
 def test_timm_registration_and_features_only() -> None:

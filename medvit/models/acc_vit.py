@@ -377,7 +377,18 @@ class AtrousMbConv(nn.Module):
 
 
 class AccVitBlock(nn.Module):
-    """One ACC-ViT block: atrous MBConv, then atrous attention and one shared MLP. NCHW in and out."""
+    """One ACC-ViT block: atrous MBConv, then atrous attention and one shared MLP. NCHW in and out.
+
+    On the CPU a batch goes through in chunks of whole images whose largest activation (the MBConv's
+    expansion at the input resolution, or the K stacked partitions of q, k, v) fits in
+    ``cpu_chunk_bytes`` (at least one image per chunk): at 224² stage 1 holds ~100 MB of such activations
+    for 8 images, which otherwise stream through main memory and are page-faulted in afresh on every
+    call. Every operation of the block is per image except BatchNorm in training mode, so in training
+    the MBConv sees the whole batch (its batch statistics) and only the attention and MLP are chunked.
+    Each image goes through the same operations; outputs match the whole batch up to float rounding.
+    """
+
+    cpu_chunk_bytes: int = 16 * 2 ** 20  # a fraction of a server CPU's last-level cache; 0 = never chunk
 
     def __init__(
             self,
@@ -411,6 +422,17 @@ class AccVitBlock(nn.Module):
         self.mlp = Mlp(dim_out, hidden_features=int(dim_out * cfg.mlp_ratio), act_layer=get_act_layer(cfg.act_layer))
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    def images_per_chunk(self, x: torch.Tensor) -> int:
+        """How many images of the block input ``x`` (B, C, H, W) go through at once (B unless on the CPU)."""
+        batch, _, height, width = x.shape
+        if x.device.type != "cpu" or self.cpu_chunk_bytes <= 0:
+            return batch
+        stride = self.conv.convs_dw[0].stride[0]
+        expanded = self.conv.conv1_1x1.out_channels * height * width
+        partitions = self.attn.num_branches * self.attn.qkv.out_features * (height // stride) * (width // stride)
+        per_image = max(expanded, partitions) * x.element_size()
+        return max(1, min(batch, self.cpu_chunk_bytes // per_image))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block.
 
@@ -420,7 +442,16 @@ class AccVitBlock(nn.Module):
         Returns:
             (B, dim_out, H / stride, W / stride).
         """
-        x = self.conv(x)
+        n = self.images_per_chunk(x)
+        if n >= x.shape[0]:
+            return self._attend(self.conv(x))
+        if not self.training:
+            return torch.cat([self._attend(self.conv(chunk)) for chunk in x.split(n)])
+        x = self.conv(x)  # BatchNorm's batch statistics need the whole batch
+        return torch.cat([self._attend(chunk) for chunk in x.split(n)])
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention and MLP half: (B, C, H, W) in and out, on a channels-last (B, H, W, C) view."""
         x = rearrange(x, "b c h w -> b h w c")
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
