@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medvit.explain.cam import CAM_METHODS
-from medvit.explain.localization import DEFAULT_TOP_FRACTION
+from medvit.explain.options import CAM_METHOD_NAMES, DEFAULT_TOP_FRACTION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run", type=Path, help="run directory (medvit train --out)")
     parser.add_argument("images", nargs="*", type=Path, help="image files to explain")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS), help="CAM method (default gradcam)")
+    parser.add_argument(
+        "--method", default="gradcam", choices=list(CAM_METHOD_NAMES), help="CAM method (default gradcam)"
+    )
     parser.add_argument("--target", help="class to explain, by name or index (default: the predicted class)")
     parser.add_argument("--mask", nargs="+", type=Path, help="lesion mask per image, in the order of the images")
     parser.add_argument(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from medvit.models.registry import ModelSummary, summarize_models
+if TYPE_CHECKING:
+    from medvit.models.registry import ModelSummary
 
 _PRETRAINED_HELP = {
     "bundled": "bundled ImageNet (pretrained=True) or file",
@@ -52,6 +54,8 @@ def _format_table(rows: list[ModelSummary], with_flops: bool) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from medvit.models.registry import summarize_models
+
     rows = summarize_models(args.names or None, with_flops=args.flops)
     if args.json:
         print(json.dumps([asdict(row) for row in rows], indent=2))

@@ -10,8 +10,6 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-
 __all__ = ["register"]
 
 
@@ -65,6 +63,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import torch
+
     from medvit.run_dir import export_run
 
     dtype = torch.float16 if args.fp16 else torch.float32

@@ -3,33 +3,57 @@
 ``compute_stage_cams`` runs one forward and one backward pass for all four stages (pytorch-grad-cam
 methods by name, :data:`CAM_METHODS`); ``overlay_cam``/``render_grid`` draw them; ``localization_scores``
 and ``score_split`` measure how well each stage points at a lesion mask.
+
+The names below are loaded on first use (PEP 562), so that ``medvit.explain.options`` (method names and
+defaults, used by the CLI's ``--help``) imports without torch and pytorch-grad-cam.
 """
 
-from medvit.explain.cam import CAM_METHODS, StageCAM, StageCams, compute_stage_cams, stage_cam_class
-from medvit.explain.localization import (
-    DEFAULT_TOP_FRACTION,
-    LocalizationScores,
-    localization_scores,
-    score_split,
-    stage_localization_scores,
-    summarize_scores,
-)
-from medvit.explain.overlay import denormalize_image, figure_to_png, overlay_cam, render_grid
+from __future__ import annotations
 
-__all__ = [
-    "CAM_METHODS",
-    "DEFAULT_TOP_FRACTION",
-    "LocalizationScores",
-    "StageCAM",
-    "StageCams",
-    "compute_stage_cams",
-    "denormalize_image",
-    "figure_to_png",
-    "localization_scores",
-    "overlay_cam",
-    "render_grid",
-    "score_split",
-    "stage_cam_class",
-    "stage_localization_scores",
-    "summarize_scores",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_SOURCES = {
+    "CAM_METHODS": "cam",
+    "StageCAM": "cam",
+    "StageCams": "cam",
+    "compute_stage_cams": "cam",
+    "stage_cam_class": "cam",
+    "CAM_METHOD_NAMES": "options",
+    "DEFAULT_TOP_FRACTION": "options",
+    "LocalizationScores": "localization",
+    "localization_scores": "localization",
+    "score_split": "localization",
+    "stage_localization_scores": "localization",
+    "summarize_scores": "localization",
+    "denormalize_image": "overlay",
+    "figure_to_png": "overlay",
+    "overlay_cam": "overlay",
+    "render_grid": "overlay",
+}
+
+__all__ = sorted(_SOURCES)
+
+if TYPE_CHECKING:
+    from medvit.explain.cam import CAM_METHODS, StageCAM, StageCams, compute_stage_cams, stage_cam_class
+    from medvit.explain.localization import (
+        LocalizationScores,
+        localization_scores,
+        score_split,
+        stage_localization_scores,
+        summarize_scores,
+    )
+    from medvit.explain.options import CAM_METHOD_NAMES, DEFAULT_TOP_FRACTION
+    from medvit.explain.overlay import denormalize_image, figure_to_png, overlay_cam, render_grid
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'medvit.explain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"medvit.explain.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -39,6 +39,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from medvit.explain.options import CAM_METHOD_NAMES
 from medvit.models import StageInfo, pyramid_stages, to_nchw
 
 __all__ = [
@@ -55,16 +56,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 CAM_METHODS: Mapping[str, type[BaseCAM]] = MappingProxyType(
-    {
-        "gradcam": GradCAM,
-        "gradcam++": GradCAMPlusPlus,
-        "xgradcam": XGradCAM,
-        "hirescam": HiResCAM,
-        "layercam": LayerCAM,
-        "eigencam": EigenCAM,
-    }
+    dict(zip(CAM_METHOD_NAMES, (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM), strict=True))
 )
-"""Method name -> the pytorch-grad-cam class whose per-layer maths it uses."""
+"""Method name (:data:`medvit.explain.options.CAM_METHOD_NAMES`) -> the pytorch-grad-cam class whose
+per-layer maths it uses."""
 
 
 @dataclass

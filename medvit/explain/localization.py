@@ -32,6 +32,7 @@ import torch
 from scipy.stats import bootstrap
 
 from medvit.explain.cam import StageCams, compute_stage_cams
+from medvit.explain.options import DEFAULT_TOP_FRACTION
 
 if TYPE_CHECKING:
     from medvit.run_dir import Run
@@ -47,10 +48,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-DEFAULT_TOP_FRACTION = 0.2
-"""Share of CAM pixels kept for the IoU: the upper end of the 15-20 % range (a BUSI lesion often
-covers more than 15 % of the image); every table records the value it used."""
 
 SCORE_NAMES = ("pointing", "energy", "iou")
 
