@@ -826,7 +826,8 @@ def demo_models_markdown(embedded_dir: str | Path | None = None) -> str:
         if others:
             metric = card.selection.get("metric", "")
             split = "validation" if card.selection.get("split") == "val" else str(card.selection.get("split", ""))
-            how += f" (chosen on {split} {metric}: {card.selection.get('score', float('nan')):.3f}; kept over: " + "; ".join(
+            score = card.selection.get("score", float("nan"))
+            how += f" (chosen on {split} {metric}: {score:.3f}; kept over: " + "; ".join(
                 f"{c['how']}, {c['score']:.3f}" for c in others
             ) + ")"
         minutes = f"{card.train_seconds / 60:.1f} min" if card.train_seconds else "n/a"

@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("runs", nargs="+", type=Path, help="candidate run directories (each with report/)")
     export.add_argument("--out", type=Path, required=True, help="target folder, e.g. app/demo_models/busi_lite0")
     export.add_argument(
-        "--metric", default="macro_f1", help="validation metric that picks the best run: macro_f1 (default), balanced_accuracy, macro_auroc, ..."
+        "--metric",
+        default="macro_f1",
+        help="validation metric that picks the best run: macro_f1 (default), balanced_accuracy, macro_auroc, ...",
     )
     export.add_argument(
         "--default", action="store_true", help="make it its dataset's default model on the demo page"

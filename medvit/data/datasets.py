@@ -171,6 +171,56 @@ def _index_images_by_stem(
     return index
 
 
+def _match_label_rows(
+    rows: Iterable[tuple[str, str, str]],
+    index: dict[str, str],
+    rejected: list[Rejection],
+    *,
+    table_rel: str,
+    row_kind: str,
+    label_field: str,
+    classes: tuple[str, ...],
+    expected: str,
+    missing: Callable[[str], str],
+) -> list[RawItem]:
+    """Join the rows of a label table with the images found, rejecting (with the reason) what cannot be used.
+
+    Args:
+        rows: ``(image stem, label, group)`` per table row, in file order (row 1 is the header).
+        index: image stem -> path relative to the raw folder (:func:`_index_images_by_stem`).
+        rejected: list the rejections are appended to.
+        table_rel: the table's path relative to the raw folder, for the messages.
+        row_kind: what a row is called in the reasons (``"metadata row"``, ``"label row"``).
+        label_field: the label column's name, for the messages.
+        classes: the accepted labels.
+        expected: how the messages list the accepted labels.
+        missing: the detail for a row whose image is not there, from the stem.
+
+    Returns:
+        One item per usable row; images that no row names are rejected too.
+    """
+    items: list[RawItem] = []
+    seen: set[str] = set()
+    for row_number, (stem, label, group) in enumerate(rows, start=2):
+        where = f"{table_rel}:{row_number} ({stem})"
+        if stem in seen:
+            rejected.append(Rejection(where, f"duplicate {row_kind}", f"{stem} listed again"))
+            continue
+        seen.add(stem)
+        if stem not in index:
+            rejected.append(Rejection(where, f"{row_kind} without image", missing(stem)))
+            continue
+        if label not in classes:
+            detail = f"{label_field}={label!r}; expected one of {expected}"
+            rejected.append(Rejection(index[stem], "unknown label", detail))
+            continue
+        items.append(RawItem(index[stem], label, group))
+    for stem, rel in index.items():
+        if stem not in seen:
+            rejected.append(Rejection(rel, f"image without {row_kind}", f"{stem} not in {table_rel}"))
+    return items
+
+
 # ---------------------------------------------------------------------------------------------- HAM10000
 HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 _HAM_LAYOUT = (
@@ -193,27 +243,15 @@ def read_ham10000(raw_dir: Path) -> RawScan:
     images = _image_files(raw_dir)
     index = _index_images_by_stem((p for p in images if p.stem.upper().startswith("ISIC_")), raw_dir, rejected)
     meta_rel = _rel(meta_path, raw_dir)
-    items: list[RawItem] = []
-    seen: set[str] = set()
-    for row_number, row in enumerate(table.itertuples(index=False), start=2):
-        image_id, dx, lesion = row.image_id.strip(), row.dx.strip(), row.lesion_id.strip()
-        where = f"{meta_rel}:{row_number} ({image_id})"
-        if image_id in seen:
-            rejected.append(Rejection(where, "duplicate metadata row", f"{image_id} listed again"))
-            continue
-        seen.add(image_id)
-        if image_id not in index:
-            rejected.append(Rejection(where, "metadata row without image", f"no {image_id}.jpg below {raw_dir}"))
-            continue
-        if dx not in HAM10000_CLASSES:
-            rejected.append(
-                Rejection(index[image_id], "unknown label", f"dx={dx!r}; expected one of {HAM10000_CLASSES}")
-            )
-            continue
-        items.append(RawItem(index[image_id], dx, lesion or image_id))
-    for image_id, rel in index.items():
-        if image_id not in seen:
-            rejected.append(Rejection(rel, "image without metadata row", f"{image_id} not in {meta_rel}"))
+    rows = (
+        (row.image_id.strip(), row.dx.strip(), row.lesion_id.strip() or row.image_id.strip())
+        for row in table.itertuples(index=False)
+    )
+    items = _match_label_rows(
+        rows, index, rejected, table_rel=meta_rel, row_kind="metadata row", label_field="dx",
+        classes=HAM10000_CLASSES, expected=str(HAM10000_CLASSES),
+        missing=lambda image_id: f"no {image_id}.jpg below {raw_dir}",
+    )
     return RawScan(items, rejected, HAM10000_CLASSES, sorted([meta_rel, *index.values()]))
 
 
@@ -231,28 +269,16 @@ def read_eyepacs(raw_dir: Path) -> RawScan:
     rejected: list[Rejection] = []
     index = _index_images_by_stem(_image_files(image_dir), raw_dir, rejected)
     labels_rel = _rel(labels_path, raw_dir)
-    items: list[RawItem] = []
-    seen: set[str] = set()
-    for row_number, row in enumerate(table.itertuples(index=False), start=2):
-        name, level = row.image.strip(), row.level.strip()
-        where = f"{labels_rel}:{row_number} ({name})"
-        if name in seen:
-            rejected.append(Rejection(where, "duplicate label row", f"{name} listed again"))
-            continue
-        seen.add(name)
-        if name not in index:
-            rejected.append(Rejection(where, "label row without image", f"no {name}.jpeg in {image_dir}"))
-            continue
-        if level not in EYEPACS_CLASSES:
-            rejected.append(
-                Rejection(index[name], "unknown label", f"level={level!r}; expected one of 0, 1, 2, 3, 4")
-            )
-            continue
+
+    def patient(name: str) -> str:
         match = _EYE_PATTERN.match(name)
-        items.append(RawItem(index[name], level, match["patient"] if match else name))
-    for name, rel in index.items():
-        if name not in seen:
-            rejected.append(Rejection(rel, "image without label row", f"{name} not in {labels_rel}"))
+        return match["patient"] if match else name
+
+    rows = ((row.image.strip(), row.level.strip(), patient(row.image.strip())) for row in table.itertuples(index=False))
+    items = _match_label_rows(
+        rows, index, rejected, table_rel=labels_rel, row_kind="label row", label_field="level",
+        classes=EYEPACS_CLASSES, expected="0, 1, 2, 3, 4", missing=lambda name: f"no {name}.jpeg in {image_dir}",
+    )
     return RawScan(items, rejected, EYEPACS_CLASSES, sorted([labels_rel, *index.values()]))
 
 
