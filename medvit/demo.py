@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from medvit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from medvit.run_dir import BEST_WEIGHTS, MODEL_JSON, Run, atomic_write_text, export_run, load_run
+from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, MODEL_JSON, Run, atomic_write_text, export_run, load_run
 from medvit.train.config import EarlyStoppingConfig
 
 __all__ = [
@@ -621,14 +621,12 @@ def load_model_card(path: str | Path) -> ModelCard:
 
     path = Path(path)
     info = read_model_info(path)
-    config: dict = {}
-    if (path / "config.yaml").is_file():
-        import yaml
+    import yaml
 
-        try:
-            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except yaml.YAMLError:
-            config = {}
+    try:
+        config = _read_config(path)
+    except yaml.YAMLError:
+        config = {}
     report = path / "report"
     summary_raw: dict = {}
     if (report / "summary.json").is_file():
@@ -874,11 +872,24 @@ def _describe_how(config: Mapping[str, Any]) -> str:
     return how
 
 
-def validation_score(run: str | Path, metric: str = "macro_f1") -> tuple[float, int]:
+def _read_config(run: Path) -> dict:
+    """A run's ``config.yaml`` as a dict (empty when the file is absent)."""
+    path = run / CONFIG_YAML
+    if not path.is_file():
+        return {}
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def validation_score(
+    run: str | Path, metric: str = "macro_f1", config: Mapping[str, Any] | None = None
+) -> tuple[float, int]:
     """Validation ``metric`` of a run at the epoch whose weights it kept (``best.safetensors``).
 
-    Reads ``metrics.csv`` and, from ``config.yaml``, the ``early_stopping.metric`` that chose the kept
-    epoch (the first best row, as the engine keeps it; ``val_loss`` is minimised).
+    Reads ``metrics.csv`` and, from ``config`` (default: the run's ``config.yaml``), the
+    ``early_stopping.metric`` that chose the kept epoch (the first best row, as the engine keeps it;
+    ``val_loss`` is minimised).
 
     Returns:
         (score, epoch): ``val_{metric}`` of that epoch and the epoch number (1-based).
@@ -887,8 +898,6 @@ def validation_score(run: str | Path, metric: str = "macro_f1") -> tuple[float, 
         FileNotFoundError: ``metrics.csv`` is missing or empty.
         KeyError: ``val_{metric}`` is not a column of ``metrics.csv``.
     """
-    import yaml
-
     run = Path(run)
     metrics_path = run / "metrics.csv"
     if not metrics_path.is_file():
@@ -901,13 +910,13 @@ def validation_score(run: str | Path, metric: str = "macro_f1") -> tuple[float, 
     if column not in rows[0]:
         choices = ", ".join(c[len("val_"):] for c in rows[0] if c.startswith("val_"))
         raise KeyError(f"{metrics_path}: no column {column!r}; choose --metric from {choices}")
-    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
-    stopping = (config or {}).get("early_stopping") or {}
+    config = _read_config(run) if config is None else config
+    stopping = config.get("early_stopping") or {}
     monitor = EarlyStoppingConfig(metric=stopping.get("metric", EarlyStoppingConfig.metric))
     best, kept = None, len(rows) - 1
-    for index, row in enumerate(rows):  # the engine's rule: the first strict improvement is kept
+    for index, row in enumerate(rows):  # the engine's rule: the first improvement is kept
         value = float(row[monitor.metric])
-        if not math.isnan(value) and (best is None or (value < best if monitor.mode == "min" else value > best)):
+        if monitor.improves(value, best):
             best, kept = value, index
     return float(rows[kept][column]), kept + 1
 
@@ -944,23 +953,20 @@ def export_demo_model(
     """
     if not runs:
         raise ValueError("demo-export needs at least one candidate run directory")
-    import yaml
-
     candidates = []
     for run in map(Path, runs):
         summary_path = run / "report" / "summary.json"
         if not summary_path.is_file():
             raise FileNotFoundError(f"{summary_path} not found; run 'medvit report {run}' first")
-        score, epoch = validation_score(run, metric)
+        config = _read_config(run)
+        score, epoch = validation_score(run, metric, config)
         summary = json.loads(summary_path.read_text())
         try:
             test_score: float | None = _summary_score(summary, metric)
         except KeyError:
             test_score = None
-        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
         candidates.append({
-            "run": run.name, "score": score, "epoch": epoch, "test_score": test_score,
-            "how": _describe_how(config or {}),
+            "run": run.name, "score": score, "epoch": epoch, "test_score": test_score, "how": _describe_how(config),
         })
     best = max(range(len(candidates)), key=lambda i: candidates[i]["score"])
     out_dir = Path(out_dir)

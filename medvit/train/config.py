@@ -70,6 +70,14 @@ class EarlyStoppingConfig:
         """``'min'`` for losses, ``'max'`` for every other metric."""
         return "min" if self.metric.endswith("loss") else "max"
 
+    def improves(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` of ``metric`` beats ``best`` (None: nothing yet); NaN never does, ties do not."""
+        if math.isnan(value):
+            return False
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
+
 
 @dataclass
 class DistillConfig:

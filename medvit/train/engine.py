@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -338,14 +337,6 @@ class _LogFile:
             self.logger.setLevel(self.previous_level)
 
 
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if math.isnan(value):
-        return False
-    if best is None:
-        return True
-    return value < best if mode == "min" else value > best
-
-
 def train(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.manifest`` and write a run directory.
 
@@ -544,7 +535,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, ctx: DistContext) -> Train
                 f"config key 'early_stopping.metric': {monitor} is not logged for this dataset; "
                 f"choose one of {[k for k in row if k.startswith('val_')]}"
             )
-        improved = _is_better(row[monitor], best, cfg.early_stopping.mode)
+        improved = cfg.early_stopping.improves(row[monitor], best)
         if improved:
             best, best_epoch, bad_epochs = row[monitor], epoch, 0
         else:
