@@ -68,6 +68,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from medvit.models.chunking import CPU_CHUNK_BYTES, cpu_images_per_chunk, map_image_chunks
 from medvit.models.init import init_linear_and_conv
 
 __all__ = [
@@ -388,7 +389,7 @@ class AccVitBlock(nn.Module):
     Each image goes through the same operations; outputs match the whole batch up to float rounding.
     """
 
-    cpu_chunk_bytes: int = 16 * 2 ** 20  # a fraction of a server CPU's last-level cache; 0 = never chunk
+    cpu_chunk_bytes: int = CPU_CHUNK_BYTES  # 0 = never chunk
 
     def __init__(
             self,
@@ -424,14 +425,11 @@ class AccVitBlock(nn.Module):
 
     def images_per_chunk(self, x: torch.Tensor) -> int:
         """How many images of the block input ``x`` (B, C, H, W) go through at once (B unless on the CPU)."""
-        batch, _, height, width = x.shape
-        if x.device.type != "cpu" or self.cpu_chunk_bytes <= 0:
-            return batch
+        height, width = x.shape[-2:]
         stride = self.conv.convs_dw[0].stride[0]
         expanded = self.conv.conv1_1x1.out_channels * height * width
         partitions = self.attn.num_branches * self.attn.qkv.out_features * (height // stride) * (width // stride)
-        per_image = max(expanded, partitions) * x.element_size()
-        return max(1, min(batch, self.cpu_chunk_bytes // per_image))
+        return cpu_images_per_chunk(x, max(expanded, partitions), self.cpu_chunk_bytes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block.
@@ -443,12 +441,10 @@ class AccVitBlock(nn.Module):
             (B, dim_out, H / stride, W / stride).
         """
         n = self.images_per_chunk(x)
-        if n >= x.shape[0]:
-            return self._attend(self.conv(x))
         if not self.training:
-            return torch.cat([self._attend(self.conv(chunk)) for chunk in x.split(n)])
+            return map_image_chunks(lambda chunk: self._attend(self.conv(chunk)), x, n)
         x = self.conv(x)  # BatchNorm's batch statistics need the whole batch
-        return torch.cat([self._attend(chunk) for chunk in x.split(n)])
+        return map_image_chunks(self._attend, x, n)
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """The attention and MLP half: (B, C, H, W) in and out, on a channels-last (B, H, W, C) view."""

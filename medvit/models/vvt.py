@@ -49,6 +49,7 @@ from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import OverlapPatchEmbed
 from torch import Tensor, nn
 
+from medvit.models.chunking import CPU_CHUNK_BYTES, cpu_images_per_chunk, map_image_chunks
 from medvit.models.init import init_linear_and_conv
 
 __all__ = ["VvtCfg", "VicinityAttention", "VvtBlock", "VvtStage", "VicinityVisionTransformer", "checkpoint_filter_fn"]
@@ -263,7 +264,7 @@ class VvtMlp(nn.Module):
     were bitwise equal on the machines measured; tests allow float rounding).
     """
 
-    cpu_chunk_bytes: int = 16 * 2 ** 20  # a fraction of a server CPU's last-level cache; 0 = never chunk
+    cpu_chunk_bytes: int = CPU_CHUNK_BYTES  # 0 = never chunk
 
     def __init__(
             self,
@@ -282,17 +283,10 @@ class VvtMlp(nn.Module):
 
     def images_per_chunk(self, x: Tensor) -> int:
         """How many images of ``x`` (B, N, C) go through at once (B unless chunking on the CPU)."""
-        B, N, _ = x.shape
-        if x.device.type != "cpu" or self.cpu_chunk_bytes <= 0:
-            return B
-        per_image = N * self.fc1.out_features * x.element_size()
-        return max(1, min(B, self.cpu_chunk_bytes // per_image))
+        return cpu_images_per_chunk(x, x.shape[1] * self.fc1.out_features, self.cpu_chunk_bytes)
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
-        n = self.images_per_chunk(x)
-        if n >= x.shape[0]:
-            return self._forward_images(x, feat_size)
-        return torch.cat([self._forward_images(chunk, feat_size) for chunk in x.split(n)])
+        return map_image_chunks(partial(self._forward_images, feat_size=feat_size), x, self.images_per_chunk(x))
 
     def _forward_images(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         x = self.fc1(x)
