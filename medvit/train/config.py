@@ -11,9 +11,11 @@ import dataclasses
 import difflib
 import logging
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
@@ -139,11 +141,11 @@ class TrainConfig:
     """
 
     model: str = "vvt_tiny"
-    model_kwargs: dict = field(default_factory=dict)
-    pretrained: bool | str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool | str | None = field(default=None, metadata={"expected": "true/false or a file path"})
     manifest: str | None = None
     root: str | None = None
-    image_size: list = field(default_factory=lambda: [224, 224])
+    image_size: list[int] = field(default_factory=lambda: [224, 224], metadata={"image_size": True})
     preset: str | None = field(
         default=None, metadata=_choices(None, "dermoscopy", "fundus", "ultrasound", "generic")
     )
@@ -173,13 +175,7 @@ class TrainConfig:
     cache: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, int):
-            self.image_size = [self.image_size, self.image_size]
-        self.image_size = list(self.image_size)
-        if len(self.image_size) != 2 or not all(isinstance(s, int) and s > 0 for s in self.image_size):
-            raise ValueError(
-                f"config key 'image_size': expected one positive int or [H, W], got {self.image_size!r}"
-            )
+        self.image_size = _image_size(self.image_size)
         _ = self.freeze_stages  # raises ValueError for a bad mode
         if self.class_weighting != "none" and self.balanced_sampler:
             raise ValueError(
@@ -200,44 +196,87 @@ class TrainConfig:
         raise ValueError(f"config key 'mode': got {self.mode!r}; allowed: {', '.join(MODES)}")
 
 
-_NESTED = {"early_stopping": EarlyStoppingConfig, "distill": DistillConfig}
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 
 
-def _check_type(key: str, value: Any, f: dataclasses.Field) -> Any:
-    """Check one value's type against the field's annotation (str form); returns the coerced value."""
-    ann = str(f.type)
-    optional = "None" in ann
-    if value is None:
-        if optional or f.default is None:
-            return None
-        raise ValueError(f"config key '{key}': null is not allowed; expected {ann}")
-    if ann.startswith("bool | str"):
-        if not isinstance(value, (bool, str, Path)):
-            raise ValueError(f"config key '{key}': expected true/false or a file path, got {value!r}")
-        return value if isinstance(value, bool) else str(value)
-    if ann.startswith("bool"):
+def _describe(tp: Any) -> str:
+    """How a config type reads in an error message."""
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(tp))
+    if typing.get_origin(tp) is dict:
+        return "a mapping"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return _TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` (a resolved annotation); raises ``TypeError`` when it is not one."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        for arm in args:  # in annotation order: ``bool | str`` keeps ``true`` a bool
+            try:
+                return _coerce(value, arm)
+            except TypeError:
+                continue
+        raise TypeError
+    if tp is type(None):
+        if value is not None:
+            raise TypeError
+        return None
+    if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
+            raise TypeError
         return value
-    if ann.startswith("int"):
+    if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key '{key}': expected an integer, got {value!r}")
+            raise TypeError
         return value
-    if ann.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key '{key}': expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"config key '{key}': expected a finite number, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TypeError
         return float(value)
-    if ann.startswith("str"):
+    if tp is str:
         if not isinstance(value, (str, Path)):
-            raise ValueError(f"config key '{key}': expected a string, got {value!r}")
+            raise TypeError
         return str(value)
-    if ann.startswith("dict"):
+    if tp is dict or origin is dict:
         if not isinstance(value, Mapping):
-            raise ValueError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise TypeError
         return dict(value)
-    return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_coerce(item, args[0]) for item in value]
+    raise NotImplementedError(f"config annotation {tp!r} has no type check; add it to _coerce")
+
+
+def _image_size(value: Any) -> list[int]:
+    """``[H, W]`` from one positive int or a list of one or two positive ints."""
+    sizes = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(sizes, (list, tuple))
+        or len(sizes) not in (1, 2)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+    ):
+        raise ValueError(
+            f"config key 'image_size': expected one positive integer or [H, W] of positive integers, got {value!r}"
+        )
+    sizes = [int(s) for s in sizes]
+    return sizes * 2 if len(sizes) == 1 else sizes
+
+
+def _check_type(key: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
+    """Check one value against the field's resolved annotation ``tp``; returns the coerced value."""
+    if f.metadata.get("image_size"):
+        return _image_size(value)
+    try:
+        return _coerce(value, tp)
+    except TypeError:
+        expected = f.metadata.get("expected", _describe(tp))
+        raise ValueError(f"config key '{key}': expected {expected}, got {value!r}") from None
 
 
 def _check_range(key: str, value: Any, f: dataclasses.Field) -> None:
@@ -269,14 +308,15 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             f"unknown config key '{prefix}{unknown[0]}'{hint}; allowed keys{' under ' + prefix.rstrip('.') if prefix else ''}: "
             f"{', '.join(sorted(fields))}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
         key = f"{prefix}{name}"
-        if name in _NESTED and cls is TrainConfig:
-            kwargs[name] = _build(_NESTED[name], value or {}, prefix=f"{key}.")
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value or {}, prefix=f"{key}.")
             continue
-        value = _check_type(key, value, f)
+        value = _check_type(key, value, f, hints[name])
         _check_range(key, value, f)
         kwargs[name] = value
     return cls(**kwargs)
