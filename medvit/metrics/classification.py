@@ -27,12 +27,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from medvit.metrics.bootstrap import Estimate, percentile_interval, stratified_bootstrap_indices
+
 __all__ = [
     "Estimate",
     "ClassMetrics",
     "ClassificationMetrics",
     "compute_metrics",
-    "stratified_bootstrap_indices",
     "confusion_matrices",
     "scores_from_confusion",
     "bootstrap_auroc",
@@ -41,23 +42,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 _CLASS_SCORES = ("precision", "recall", "specificity", "f1")
-
-
-@dataclass
-class Estimate:
-    """A point estimate with its bootstrap confidence interval (``nan`` bounds without bootstrap)."""
-
-    value: float
-    low: float = float("nan")
-    high: float = float("nan")
-
-    def format(self, digits: int = 3) -> str:
-        """``0.912 (0.880-0.940)``, or only the value when there is no interval."""
-        if np.isnan(self.value):
-            return "n/a"
-        if np.isnan(self.low):
-            return f"{self.value:.{digits}f}"
-        return f"{self.value:.{digits}f} ({self.low:.{digits}f}–{self.high:.{digits}f})"
 
 
 @dataclass
@@ -128,26 +112,6 @@ class ClassificationMetrics:
         if self.qwk is not None:
             out["qwk"] = self.qwk.value
         return out
-
-
-def stratified_bootstrap_indices(labels: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
-    """Resample indices within each class (class counts stay fixed).
-
-    Args:
-        labels: (N,) integer labels.
-        n_bootstrap: number of resamples R.
-        seed: seed of the ``np.random.Generator``.
-
-    Returns:
-        (R, N) indices into ``labels``; columns are grouped by class in ascending label order,
-        so ``labels[idx]`` is identical in every row.
-    """
-    rng = np.random.default_rng(seed)
-    blocks = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        blocks.append(members[rng.integers(0, members.size, size=(n_bootstrap, members.size))])
-    return np.concatenate(blocks, axis=1)
 
 
 def confusion_matrices(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -255,15 +219,6 @@ def bootstrap_auroc(
     return out
 
 
-def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
-    samples = samples[~np.isnan(samples)]
-    if samples.size == 0:
-        return float("nan"), float("nan")
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def _auroc_point(probabilities: np.ndarray, labels: np.ndarray, c: int) -> float:
     positive = labels == c
     if positive.all() or not positive.any():
@@ -337,7 +292,7 @@ def compute_metrics(
         if key not in boot:
             return Estimate(float(value))
         samples = boot[key] if column is None else boot[key][:, column]
-        return Estimate(float(value), *_interval(samples, confidence))
+        return Estimate(float(value), *percentile_interval(samples, confidence))
 
     per_class = [
         ClassMetrics(
