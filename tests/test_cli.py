@@ -1,7 +1,10 @@
 """The CLI's parser: every sub-command is there, and building it (``medvit --help``) imports no torch."""
 
+import importlib
 import subprocess
 import sys
+
+import pytest
 
 import medvit.explain
 from medvit.explain import options
@@ -21,7 +24,10 @@ def test_help_builds_without_torch_and_lists_every_command() -> None:
 
 
 def test_lazy_explain_exports_resolve() -> None:
-    for name in medvit.explain.__all__:
-        assert getattr(medvit.explain, name) is not None
+    for name, source in medvit.explain._SOURCES.items():
+        assert getattr(medvit.explain, name) is getattr(importlib.import_module(f"medvit.explain.{source}"), name)
+    assert sorted(medvit.explain._SOURCES) == medvit.explain.__all__
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        medvit.explain.nope
     assert tuple(medvit.explain.CAM_METHODS) == options.CAM_METHOD_NAMES
     assert medvit.explain.DEFAULT_TOP_FRACTION == options.DEFAULT_TOP_FRACTION == 0.2

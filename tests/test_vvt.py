@@ -50,12 +50,8 @@ def test_fixture_model_matches_official_size(test_model: nn.Module) -> None:
     assert sum(v.numel() for v in official.values()) == 167_887
 
 
-@pytest.mark.parametrize("name", [
-    "vvt_tiny",
-    pytest.param("vvt_small", marks=pytest.mark.slow),
-    pytest.param("vvt_medium", marks=pytest.mark.slow),
-    pytest.param("vvt_large", marks=pytest.mark.slow),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vvt_tiny", "vvt_small", "vvt_medium", "vvt_large"])
 def test_fvcore_flops_within_2_percent(name: str) -> None:
     fvcore_nn = pytest.importorskip("fvcore.nn")
     model = timm.create_model(name).eval()
