@@ -1,7 +1,5 @@
 """medvit.metrics: hand-checked values, scikit-learn agreement of every bootstrap resample, CI behaviour."""
 
-import time
-
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -103,16 +101,16 @@ def test_bootstrap_resamples_agree_with_sklearn():
             assert auroc[r, c] == pytest.approx(roc_auc_score(yt == c, probs[idx[r], c]))
 
 
-def test_bootstrap_is_vectorised_fast_and_seeded():
+def test_bootstrap_is_seeded():
     rng = np.random.default_rng(1)
     n, k = 2000, 7
     y = rng.integers(0, k, n)
     probs = rng.dirichlet(np.ones(k), n)
-    start = time.perf_counter()
     a = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=1000, seed=5)
-    assert time.perf_counter() - start < 20  # ~2 s on one idle core
     b = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=1000, seed=5)
+    c = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=1000, seed=6)
     assert a.to_dict() == b.to_dict()
+    assert a.to_dict() != c.to_dict()
 
 
 def test_bad_input_is_a_clear_error():
