@@ -37,3 +37,67 @@ def test_markdown_rows_and_errors(gpu_bench, monkeypatch) -> None:
     assert lines[2] == "| vvt_tiny | 1.7e-07 | 2.0e-06 | 0.058 | 4,316 | 1,043 | 6.3 |"
     assert lines[3] == "| broken | error: RuntimeError: boom | | | | | |"
     assert "Test GPU" in text and "batch 128" in lines[0] and "batch 64" in lines[0]
+
+
+BENCHMARKS = SCRIPT.parent
+
+
+@pytest.fixture(scope="module")
+def training_bench():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))  # the scripts import their shared harness.py as a sibling
+        spec = importlib.util.spec_from_file_location("medvit_training_bench", BENCHMARKS / "training.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+
+
+def test_training_step_is_one_adamw_step(training_bench) -> None:
+    from timm.optim import create_optimizer_v2
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    before = model.weight.detach().clone()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-2, weight_decay=0.05)
+    images, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    expected_loss = torch.nn.functional.cross_entropy(model(images), labels).item()
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    grad_sign = model.weight.grad.sign()
+    assert training_bench.training_step(model, optimizer, images, labels) == pytest.approx(expected_loss)
+    # Adam's first step moves every weight by lr * sign(grad), after the decoupled decay lr * wd * w
+    expected = before * (1 - 1e-2 * 0.05) - 1e-2 * grad_sign
+    torch.testing.assert_close(model.weight.detach(), expected, atol=1e-6, rtol=0)
+
+
+def test_training_measure_row(training_bench) -> None:
+    row = training_bench.measure("vvt_tiny", 64, batch=2, threads=1, warmup=0, iters=1)
+    assert (row.model, row.size, row.batch, row.threads, row.timed_iters, row.error) == ("vvt_tiny", 64, 2, 1, 1, "")
+    assert row.params_m == pytest.approx(12.88244)
+    assert row.images_per_s_best == pytest.approx(2 / row.best_s_per_batch)
+    assert row.gflops == pytest.approx(3.0 * (64 / 224) ** 2, rel=0.05)
+    assert row.peak_mem_mb is None or row.peak_mem_mb > 12.88 * 8  # at least the gradients and AdamW's moments
+
+
+def _row(bench, model: str, size: int, best_s: float, **kwargs):
+    values = dict(params_m=1.0, gflops=1.0, batch=16, threads=2, timed_iters=3, mean_s_per_batch=best_s * 1.1,
+                  best_s_per_batch=best_s, images_per_s_mean=16 / (best_s * 1.1), images_per_s_best=16 / best_s,
+                  peak_mem_mb=100.0 * size / 160, load_1min=1.0, torch="x")
+    return bench.BenchRow(model=model, size=size, **{**values, **kwargs})
+
+
+def test_training_table_targets_at_every_size_and_merge(training_bench, tmp_path) -> None:
+    rows = [_row(training_bench, m, s, t) for m, s, t in [
+        ("acc_vit_tiny", 160, 1.0), ("maxvit_tiny_tf_224", 160, 1.4), ("acc_vit_tiny", 224, 2.0),
+        ("maxvit_tiny_tf_224", 224, 2.0), ("vvt_tiny", 224, 1.0), ("pvt_v2_b1", 224, 0.5)]]
+    training_bench.write_results(rows, tmp_path, "note")
+    # --models with no names measures nothing: the table is rebuilt from the merged CSV
+    assert training_bench.main(["--models", "--merge", "--out-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "training.md").read_text()
+    assert "- acc_vit_tiny / maxvit_tiny_tf_224 at 160: 1.40x (best), 1.40x (mean); target >= 1.3x: met" in text
+    assert "- acc_vit_tiny / maxvit_tiny_tf_224 at 224: 1.00x (best), 1.00x (mean); target >= 1.3x: NOT met" in text
+    assert "- vvt_tiny / pvt_v2_b1 at 224: 0.50x (best), 0.50x (mean); target >= 0.8x: NOT met" in text
+    assert "vvt_tiny / pvt_v2_b1 at 160" not in text  # not measured at 160
+    assert "- acc_vit_tiny peak memory vs 160: 224: 1.40x memory / 1.96x pixels" in text
+    models = [line.split(" | ")[0][2:] for line in text.splitlines()[2:8]]  # registry order, then size
+    assert models == ["acc_vit_tiny", "acc_vit_tiny", "vvt_tiny", "maxvit_tiny_tf_224", "maxvit_tiny_tf_224", "pvt_v2_b1"]

@@ -1,0 +1,258 @@
+"""What the CPU benchmark scripts share: one row type, fresh-process workers, interleaved rounds, pooled
+timings, peak resident memory and the CSV files.
+
+``backbones.py`` (inference) and ``training.py`` (one optimiser step) differ only in what a worker
+measures; the method (see ``backbones.py``'s docstring) lives here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = [
+    "BenchRow", "add_common_arguments", "failed_row", "format_markdown", "measure_peak_rss_mb", "merge_rows",
+    "pool_rows", "read_rows", "run_rounds", "run_worker", "worker_main", "write_csv",
+]
+
+
+@dataclass
+class BenchRow:
+    """One measured (model, input size)."""
+
+    model: str
+    size: int
+    params_m: float
+    gflops: float
+    batch: int
+    threads: int
+    timed_iters: int
+    mean_s_per_batch: float
+    best_s_per_batch: float
+    images_per_s_mean: float
+    images_per_s_best: float
+    peak_mem_mb: float | None
+    load_1min: float
+    torch: str
+    error: str = ""
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so the baseline holds no reusable memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_peak_rss_mb(fn: Callable[[], object]) -> float | None:
+    """Call ``fn`` once; the increase of the resident set's peak over the resident set before it, in MB.
+
+    Freed heap is returned to the OS first, so ``fn`` cannot reuse already-resident pages unseen.
+    ``None`` (``fn`` still called) where Linux's ``VmHWM`` cannot be reset.
+    """
+    gc.collect()
+    _release_free_heap()
+    rss_before = _proc_status_kb("VmRSS")
+    if rss_before is None or not _reset_peak_rss():
+        fn()
+        return None
+    fn()
+    return (_proc_status_kb("VmHWM") - rss_before) / 1024
+
+
+def failed_row(name: str, size: int, batch: int, threads: int, reason: str) -> BenchRow:
+    """The row of a (model, size) whose worker failed."""
+    nan = float("nan")
+    return BenchRow(name, size, nan, nan, batch, threads, 0, nan, nan, nan, nan, None, os.getloadavg()[0], "",
+                    error=reason[:200])
+
+
+def add_common_arguments(
+        parser: argparse.ArgumentParser, sizes: Sequence[int], batch: int, warmup: int, iters: int,
+) -> None:
+    """The options every benchmark script takes (``--models``, ``--sizes``, ``--rounds``, ``--merge``, ...)."""
+    parser.add_argument("--models", nargs="*", default=None, help="curated names (default: all; none: measure nothing)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(sizes))
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--iters", type=int, default=iters, help="timed batches (0: peak memory only)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the list, pooling timed batches")
+    parser.add_argument("--merge", action="store_true", help="keep rows of the existing CSV not re-measured")
+    parser.add_argument("--include", nargs="+", type=Path, default=[], help="also keep the rows of these CSVs")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+
+
+def worker_main(args: argparse.Namespace, measure: Callable[..., BenchRow]) -> int:
+    """In a worker process: measure ``args.worker`` and print the row as the last line of JSON."""
+    row = measure(args.worker[0], int(args.worker[1]), args.batch, args.threads, args.warmup, args.iters)
+    print(json.dumps(asdict(row)))
+    return 0
+
+
+def run_worker(script: Path, name: str, size: int, args: argparse.Namespace, logger: logging.Logger) -> BenchRow:
+    """Measure one (model, size) in a fresh ``script --worker`` process (passive OpenMP waiting by default)."""
+    command = [
+        sys.executable, str(script), "--worker", name, str(size), "--batch", str(args.batch),
+        "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters),
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1]
+        logger.warning("%s @%d failed: %s", name, size, reason)
+        return failed_row(name, size, args.batch, args.threads, reason)
+    return BenchRow(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def pool_rows(rows: Sequence[BenchRow]) -> BenchRow:
+    """Pool the timed batches of several rounds of one (model, size); peak memory from the first round."""
+    ok = [r for r in rows if not r.error and r.timed_iters]
+    if len(ok) < 2:
+        return ok[0] if ok else rows[-1]
+    total_iters = sum(r.timed_iters for r in ok)
+    mean_s = sum(r.mean_s_per_batch * r.timed_iters for r in ok) / total_iters
+    best_s = min(r.best_s_per_batch for r in ok)
+    first = ok[0]
+    return BenchRow(
+        **{**asdict(first), "timed_iters": total_iters, "mean_s_per_batch": mean_s, "best_s_per_batch": best_s,
+           "images_per_s_mean": first.batch / mean_s, "images_per_s_best": first.batch / best_s,
+           "load_1min": sum(r.load_1min for r in ok) / len(ok)}
+    )
+
+
+def run_rounds(
+        script: Path, names: Sequence[str], args: argparse.Namespace, logger: logging.Logger,
+) -> dict[tuple[str, int], BenchRow]:
+    """``args.rounds`` interleaved rounds over sizes and models (one fresh worker each), pooled per key."""
+    measured: dict[tuple[str, int], list[BenchRow]] = {}
+    for round_index in range(args.rounds):
+        for size in args.sizes:
+            for name in names:
+                row = run_worker(script, name, size, args, logger)
+                measured.setdefault((name, size), []).append(row)
+                logger.info(
+                    "round %d %s @%d: %.2f img/s best, %.2f mean, peak %s MB (load %.1f)%s", round_index + 1,
+                    name, size, row.images_per_s_best, row.images_per_s_mean,
+                    f"{row.peak_mem_mb:.0f}" if row.peak_mem_mb is not None else "-", row.load_1min,
+                    f" ERROR {row.error}" if row.error else "",
+                )
+    return {key: pool_rows(value) for key, value in measured.items()}
+
+
+def read_rows(path: Path) -> list[BenchRow]:
+    """Rows of an existing results CSV (none if the file does not exist)."""
+    if not path.is_file():
+        return []
+    types = {f.name: f.type for f in fields(BenchRow)}
+    rows = []
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            values = {}
+            for key, value in record.items():
+                kind = types[key]
+                if kind == "int":
+                    values[key] = int(value)
+                elif kind in ("float", "float | None"):
+                    values[key] = float(value) if value not in ("", "None") else None
+                else:
+                    values[key] = value
+            rows.append(BenchRow(**values))
+    return rows
+
+
+def merge_rows(
+        rows: dict[tuple[str, int], BenchRow], previous: Sequence[Path], order: dict[str, int],
+) -> list[BenchRow]:
+    """``rows`` plus the rows of the ``previous`` CSVs not re-measured, in registry then size order."""
+    merged = dict(rows)
+    for path in previous:
+        for old in read_rows(path):
+            merged.setdefault((old.model, old.size), old)
+    return sorted(merged.values(), key=lambda r: (order.get(r.model, len(order)), r.model, r.size))
+
+
+def write_csv(rows: Sequence[BenchRow], path: Path) -> Path:
+    """Write ``rows`` as CSV (floats with 4 decimals)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(BenchRow)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+    return path
+
+
+def format_markdown(
+        rows: Sequence[BenchRow], note: str, targets: Sequence[tuple[str, str, float]], target_sizes: Sequence[int],
+) -> str:
+    """One table of all rows, then each target ``(ours, reference, factor)`` at each of ``target_sizes``
+    (speed ratio of the best and of the mean batch) and each model's peak memory against its smallest size."""
+    lines = [
+        "| model | size | params (M) | GFLOPs | img/s best | img/s mean | peak mem (MB) | MB per Mpx | load (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.model} | {r.size} | - | - | - | - | - | - | error: {r.error} |")
+            continue
+        mem = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "-"
+        per_mpx = f"{r.peak_mem_mb / (r.batch * r.size * r.size / 1e6):.0f}" if r.peak_mem_mb is not None else "-"
+        best = f"{r.images_per_s_best:.1f}" if r.timed_iters else "-"
+        mean = f"{r.images_per_s_mean:.1f}" if r.timed_iters else "-"
+        lines.append(
+            f"| {r.model} | {r.size} | {r.params_m:.2f} | {r.gflops:.2f} | {best} | {mean} | {mem} | {per_mpx} | "
+            f"{r.load_1min:.1f} |"
+        )
+    by_key = {(r.model, r.size): r for r in rows if not r.error}
+    verdicts = []
+    for ours, reference, factor in targets:
+        for size in target_sizes:
+            a, b = by_key.get((ours, size)), by_key.get((reference, size))
+            if a and b and a.timed_iters and b.timed_iters:
+                best, mean = a.images_per_s_best / b.images_per_s_best, a.images_per_s_mean / b.images_per_s_mean
+                verdict = "met" if best >= factor else "NOT met"
+                verdicts.append(
+                    f"- {ours} / {reference} at {size}: {best:.2f}x (best), {mean:.2f}x (mean); "
+                    f"target >= {factor}x: {verdict}"
+                )
+    for model in dict.fromkeys(r.model for r in rows):
+        sizes = sorted((r.size, r.peak_mem_mb) for r in rows if r.model == model and not r.error and r.peak_mem_mb)
+        if len(sizes) > 1:
+            base_size, base_mem = sizes[0]
+            ratios = ", ".join(f"{s}: {m / base_mem:.2f}x memory / {(s / base_size) ** 2:.2f}x pixels" for s, m in sizes[1:])
+            verdicts.append(f"- {model} peak memory vs {base_size}: {ratios}")
+    text = "\n".join(lines) + "\n"
+    if verdicts:
+        text += "\nTargets:\n\n" + "\n".join(verdicts) + "\n"
+    return text + f"\n{note}\n"
