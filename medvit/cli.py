@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, KeyError, OSError, RuntimeError) as error:  # OSError: FileNotFoundError, read-only --out, ...
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"medvit {args.command}: error: {message}", file=sys.stderr)
         return 1

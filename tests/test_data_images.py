@@ -125,3 +125,24 @@ def test_mask_rgba_and_size_mismatch(tmp_path):
     assert read_mask(tmp_path / "m.png").sum() == 4
     with pytest.raises(ImageReadError, match="differs"):
         read_mask(tmp_path / "m.png", shape=(7, 6))
+
+
+def test_unreadable_reason_is_deterministic(tmp_path):
+    """No memory address (``<_io.BytesIO object at 0x...>``) in the message: same file, same words."""
+    (tmp_path / "notes.png").write_bytes(b"hello, world")
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(ImageReadError) as error:
+            read_image(tmp_path / "notes.png")
+        messages.add(str(error.value))
+    (message,) = messages
+    assert message == f"{tmp_path / 'notes.png'}: not a readable image (no image format recognised in its first bytes " \
+        "68 65 6c 6c 6f 2c 20 77)"
+    with pytest.raises(ImageReadError, match=r"^<3 bytes>: not a readable image \(no image format .* 61 62 63\)$"):
+        read_image(b"abc")
+
+
+def test_webp_reads_like_png():
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    webp = encode(Image.fromarray(pixels), "WEBP", lossless=True)
+    np.testing.assert_array_equal(read_image(webp), pixels)

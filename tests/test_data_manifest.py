@@ -1,6 +1,7 @@
 """medvit.data.manifest on the real layouts (tests/data) and on broken inputs."""
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -264,3 +265,72 @@ def test_check_manifest_reports_changes(tmp_path):
     frame.to_csv(result.manifest, index=False)
     problems = " ".join(check_manifest(result.manifest, root=raw, verify_hash=False).problems)
     assert "more than one split" in problems and "label not in" in problems
+
+
+def _cat_dog(raw: Path) -> Path:
+    for name in ("cat", "dog"):
+        (raw / name).mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (40, 30), (index * 40, 100, 50 if name == "cat" else 200)).save(raw / name / f"ok{index}.png")
+    return raw
+
+
+def test_rejections_are_deterministic_and_name_broken_symlinks(tmp_path):
+    raw = _cat_dog(tmp_path / "raw")
+    cat = raw / "cat"
+    (cat / "text.png").write_bytes(b"not an image, only text")
+    (cat / "gone.png").symlink_to("nowhere.png")
+    (cat / "loop_a.png").symlink_to("loop_b.png")
+    (cat / "loop_b.png").symlink_to("loop_a.png")
+    (cat / "alias.png").symlink_to("ok0.png")  # a working link is an image like any other
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(cat / "photo.webp", lossless=True)
+    first = prepare_manifest("folder", raw, tmp_path / "a" / "m.csv", num_workers=2)
+    again = prepare_manifest("folder", raw, tmp_path / "b" / "m.csv", num_workers=1)
+    assert first.rejected.read_bytes() == again.rejected.read_bytes()
+    assert first.manifest.read_bytes() == again.manifest.read_bytes()
+    table = rejected(first).set_index("path")
+    assert dict(table["reason"]) == {
+        "cat/gone.png": "dangling symlink",
+        "cat/loop_a.png": "symlink loop",
+        "cat/loop_b.png": "symlink loop",
+        "cat/text.png": "not a readable image",
+    }
+    assert table.loc["cat/gone.png", "detail"] == "link to nowhere.png, which does not exist"
+    assert " at 0x" not in first.rejected.read_text()
+    images = set(read_manifest(first.manifest)["image"])
+    assert {"cat/photo.webp", "cat/alias.png"} <= images and len(images) == 10
+
+
+def test_prepare_into_an_unwritable_folder_is_one_line(tmp_path, capsys):
+    from medvit.cli import main
+
+    raw = _cat_dog(tmp_path / "raw")
+    (tmp_path / "file").write_text("a file, not a folder")
+    assert main(["prepare", "folder", str(raw), "--out", str(tmp_path / "file" / "m.csv")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"medvit prepare: error: cannot write the manifest into {tmp_path / 'file'} (a file, not a folder); "
+        "choose a writable --out folder"
+    )
+    assert not any("Traceback" in line for line in err)
+
+
+def test_prepare_into_a_read_only_folder_is_one_line(tmp_path, capsys):
+    from medvit.cli import main
+
+    raw = _cat_dog(tmp_path / "raw")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user (root) can write into a mode 555 folder")
+        assert main(["prepare", "folder", str(raw), "--out", str(locked / "m.csv")]) == 1
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"medvit prepare: error: cannot write the manifest into {locked} (Permission denied); "
+        "choose a writable --out folder"
+    )
+    assert not list(locked.iterdir())

@@ -56,6 +56,11 @@ def _describe(source: ImageSource) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
 
 
+def _head(handle: io.BytesIO, size: int = 8) -> str:
+    """The first bytes of an encoded image as hex (what an unrecognised file starts with)."""
+    return handle.getvalue()[:size].hex(" ") or "(none)"
+
+
 def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image, refusing decompression bombs before decoding.
 
@@ -87,7 +92,12 @@ def open_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         image = Image.open(handle)
     except Image.DecompressionBombError as error:
         raise ImageReadError(f"{name}: decompression bomb refused ({error})", "decompression bomb") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError as error:  # its message names the BytesIO object's memory address
+        raise ImageReadError(
+            f"{name}: not a readable image (no image format recognised in its first bytes {_head(handle)})",
+            "not a readable image",
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"{name}: not a readable image ({error})", "not a readable image") from error
     width, height = image.size
     if width <= 0 or height <= 0:

@@ -8,10 +8,12 @@ sha256 prefix of every dataset file, counts, duplicates) and ``NAME.rejected.csv
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medvit.data.datasets import DatasetSpec, RawItem, Rejection, get_spec
+from medvit.data.datasets import IMAGE_EXTENSIONS, DatasetSpec, RawItem, Rejection, get_spec
 from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, open_image
 
 __all__ = [
@@ -336,6 +338,45 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
+def _require_writable_folder(out: Path) -> None:
+    """Fail before any decoding when the manifest's folder cannot be created or written.
+
+    Raises:
+        OSError: the folder cannot be created, or a file cannot be written in it (message names it).
+    """
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = "a file, not a folder" if isinstance(error, FileExistsError) else error.strerror or str(error)
+        raise OSError(f"cannot write the manifest into {folder} ({reason}); choose a writable --out folder") from error
+
+
+def _broken_links(raw_dir: Path) -> list[Rejection]:
+    """Symlinks named like images that lead to no file (dangling, or a loop); hidden paths skipped."""
+    rejected = []
+    for folder, dirs, files in os.walk(raw_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(folder) / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_symlink():
+                continue
+            try:
+                path.resolve(strict=True)
+                continue  # leads to something that exists (a folder named like an image)
+            except (RuntimeError, OSError) as error:  # Python < 3.13 reports a loop as RuntimeError
+                loop = isinstance(error, RuntimeError) or error.errno == errno.ELOOP
+            target = os.readlink(path)
+            rel = path.relative_to(raw_dir).as_posix()
+            if loop:
+                rejected.append(Rejection(rel, "symlink loop", f"link to {target}, which leads back to itself"))
+            else:
+                rejected.append(Rejection(rel, "dangling symlink", f"link to {target}, which does not exist"))
+    return rejected
+
+
 def prepare_manifest(
     dataset: str | DatasetSpec,
     raw_dir: str | Path,
@@ -372,6 +413,7 @@ def prepare_manifest(
         LayoutError: ``raw_dir`` is not in the dataset's layout (says what was expected).
         ValueError: bad fractions or ``duplicates`` value.
         RuntimeError: nothing usable remains.
+        OSError: the folder of ``out`` cannot be written (checked before any image is decoded).
     """
     spec = dataset if isinstance(dataset, DatasetSpec) else get_spec(dataset)
     if duplicates not in ("group", "drop"):
@@ -380,11 +422,12 @@ def prepare_manifest(
         raise ValueError(f"split fractions val={val}, test={test} must be in [0, 1) with val + test < 1")
     raw_dir, out = Path(raw_dir), Path(out)
     scan = spec.scan(raw_dir)
+    _require_writable_folder(out)
     _logger.info(
         "%s: %d candidate images in %s, hashing %d files", spec.name, len(scan.items), raw_dir, len(scan.files)
     )
     digests = digest_files(raw_dir, scan.files, num_workers)
-    rejected = list(scan.rejected)
+    rejected = list(scan.rejected) + _broken_links(raw_dir)
     with ThreadPoolExecutor(_num_workers(num_workers)) as pool:
         results = list(pool.map(lambda item: _validate_item(raw_dir, item, max_pixels), scan.items))
     items = []
