@@ -101,13 +101,13 @@ def bootstrap_estimate(
 
 
 def json_clean(value: Any) -> Any:
-    """A JSON-ready copy: ``nan`` becomes ``None``, numpy scalars become Python numbers."""
+    """A JSON-ready copy: ``nan``/``inf`` become ``None``, numpy scalars become Python numbers."""
     if isinstance(value, dict):
         return {str(k): json_clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_clean(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and np.isnan(value):
+    if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
