@@ -166,16 +166,19 @@ def test_config_typo_and_range_are_clear_errors(tmp_path):
 
 
 def test_config_pretrained_takes_bundled_weights_or_a_file(tmp_path):
+    from medvit.models.checkpoints import sha256_file
     from medvit.models.efficientnet_lite import bundled_weights_path
-    from medvit.train.engine import _pretrained_file
+    from medvit.train.run_files import _pretrained_record
 
     bundled = load_config(None, ["model=tf_efficientnet_lite0", "pretrained=true"])
     assert bundled.pretrained is True
-    assert _pretrained_file(bundled) == bundled_weights_path("tf_efficientnet_lite0")
+    record = _pretrained_record(bundled)  # portable: a name, not the site-packages path
+    assert record["pretrained"] == "bundled:tf_efficientnet_lite0"
+    assert record["pretrained_sha256"] == sha256_file(bundled_weights_path("tf_efficientnet_lite0"))
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
-    assert _pretrained_file(load_config(None, [f"pretrained={weights}"])) == weights
-    assert _pretrained_file(load_config(None, ["pretrained=null"])) is None
+    assert _pretrained_record(load_config(None, [f"pretrained={weights}"]))["pretrained"] == str(weights)
+    assert _pretrained_record(load_config(None, ["pretrained=null"])) == {"pretrained": None, "pretrained_sha256": None}
     with pytest.raises(ValueError, match="config key 'pretrained': expected true/false or a file path"):
         load_config(None, ["pretrained=3"])
 

@@ -3,7 +3,8 @@
 Every epoch ends with one commit: the weights go to a pending file, ``last_state.pt`` (optimizer,
 scheduler, scaler, counters, metrics history, RNG states; tensors and primitives only, so it loads
 with ``weights_only=True``) is replaced atomically and names that file, then the pending file is
-renamed to ``last.safetensors``. A kill at any point leaves a consistent pair.
+renamed to ``last.safetensors``. A kill at any point leaves a consistent pair; temporary files of
+a write that a kill interrupted are removed by :func:`clean_interrupted_writes` on the next start.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from torch import nn
 from medvit.run_dir import LAST_STATE, LAST_WEIGHTS, atomic_save, save_run_weights
 from medvit.train.sampling import mix_seed
 
-__all__ = ["commit_checkpoint", "recover_checkpoint", "rng_state", "set_rng_state", "seed_epoch"]
+__all__ = [
+    "clean_interrupted_writes",
+    "commit_checkpoint",
+    "recover_checkpoint",
+    "rng_state",
+    "seed_epoch",
+    "set_aside_unusable_state",
+    "set_rng_state",
+    "try_recover_checkpoint",
+]
+
+UNUSABLE_SUFFIX = ".unusable"
 
 
 def rng_state(sampler_seed: int, epoch: int) -> dict[str, Any]:
@@ -72,6 +84,47 @@ def commit_checkpoint(out: Path, model: nn.Module, state: dict[str, Any]) -> Non
     state = dict(state, pending_weights=pending.name)
     atomic_save(out / LAST_STATE, lambda tmp: torch.save(state, tmp))  # the commit point
     os.replace(pending, out / LAST_WEIGHTS)
+
+
+def clean_interrupted_writes(out: Path) -> list[Path]:
+    """Remove the temporary files of writes a kill interrupted (``.NAME.*.tmp``); returns them.
+
+    Such files were never renamed into place (see :func:`medvit.run_dir.atomic_save`), so no
+    committed result lives in them.
+    """
+    removed = [path for path in out.glob(".*.tmp") if path.is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def set_aside_unusable_state(out: Path) -> Path:
+    """Rename an unreadable ``last_state.pt`` to ``last_state.pt.unusable`` (kept, not deleted)."""
+    kept = out / (LAST_STATE + UNUSABLE_SUFFIX)
+    os.replace(out / LAST_STATE, kept)
+    return kept
+
+
+def try_recover_checkpoint(out: Path, finish_commit: bool = True) -> dict[str, Any] | None:
+    """The committed state of ``out``, or ``None`` when there is none or it is unreadable.
+
+    Args:
+        out: the run directory.
+        finish_commit: also finish an interrupted commit (see :func:`recover_checkpoint`); with
+            ``False`` nothing in ``out`` changes.
+    """
+    state_path = out / LAST_STATE
+    if not state_path.is_file():
+        return None
+    if finish_commit:
+        try:
+            return recover_checkpoint(out)
+        except ValueError:
+            return None
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises several types for a truncated or foreign file
+        return None
 
 
 def recover_checkpoint(out: Path) -> dict[str, Any]:

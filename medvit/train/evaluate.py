@@ -1,0 +1,65 @@
+"""Evaluation of a finished run on a split of its own manifest or of another one."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from medvit.run_dir import load_run, predictions_filename
+from medvit.train.distributed import DistContext
+from medvit.train.predict import predict, write_predictions
+from medvit.train.sampling import build_loader, load_split
+
+__all__ = ["evaluate_run"]
+
+_logger = logging.getLogger(__name__)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    root: str | Path | None = None,
+    split: str = "test",
+    batch_size: int | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+) -> Path:
+    """Predict a split with a run's best model and write ``predictions.csv``.
+
+    Args:
+        run_dir: the run directory.
+        manifest, root: data to evaluate (default: the run's own ``config.yaml``).
+        split: ``train``, ``val`` or ``test``.
+        batch_size: evaluation batch size (default: the run's).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        out: output CSV (default ``RUN/predictions.csv``, ``RUN/predictions_<split>.csv`` for
+            other splits).
+
+    Returns:
+        The written CSV path.
+    """
+    run_dir = Path(run_dir)
+    ctx = DistContext.from_env(device)
+    try:
+        run = load_run(run_dir, device=ctx.device)
+        manifest = manifest or run.config.get("manifest")
+        root = root or run.config.get("root")
+        if not manifest or not root:
+            raise ValueError(f"{run_dir}: no manifest/root in config.yaml; pass --manifest and --root")
+        data = load_split(
+            manifest=manifest, root=root, split=split, image_size=run.image_size, mean=run.mean, std=run.std,
+            preset=run.preset or "generic", train=False, seed=int(run.config.get("seed", 0)), cache=False,
+        )
+        loader = build_loader(
+            dataset=data.dataset, collate_fn=data.collate_fn, batch_size=batch_size or int(run.config.get("batch_size", 32)),
+            ctx=ctx, seed=0, epoch=0, train=False, num_workers=int(run.config.get("num_workers", 0)),
+        )
+        preds = predict(run.model, loader, ctx, amp=bool(run.config.get("amp", False)), progress=sys.stderr.isatty())
+        path = Path(out) if out else run_dir / predictions_filename(split)
+        if ctx.is_main:
+            write_predictions(path, preds, data.records, run.class_names, root, split)
+            _logger.info("wrote %s (%d images)", path, len(preds.labels))
+        return path
+    finally:
+        ctx.close()
