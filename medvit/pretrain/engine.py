@@ -1,0 +1,296 @@
+"""``medvit pretrain``: stage-wise distillation from a bundled ImageNet teacher on unlabeled images.
+
+One process (CPU or one GPU). The loop reuses the fine-tuning engine's pieces: data order and
+augmentation are functions of ``(seed, epoch)`` (:func:`medvit.train.sampling.build_loader`), every
+epoch ends with an atomic commit (:func:`medvit.train.checkpoint.commit_checkpoint`) of the student
+*with* its adapters, so ``resume`` continues exactly, and then ``backbone.safetensors`` (the student
+without adapters and without its ImageNet head) is rewritten, so even a time-boxed run that is
+stopped leaves a usable backbone. The run directory holds ``config.yaml``, ``model.json``,
+``metrics.csv``, ``train.log``, ``backbone.safetensors``, ``last.safetensors`` and ``last_state.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import yaml
+from monai.data import list_data_collate
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from medvit.models.checkpoints import sha256_file
+from medvit.models.pretrained import PRETRAIN_KIND, PRETRAIN_WEIGHTS
+from medvit.pretrain.adapters import PyramidStudent, backbone_state_dict
+from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pretrain_config_to_dict
+from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
+from medvit.pretrain.losses import PretrainLoss
+from medvit.pretrain.teacher import load_teacher
+from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, MODEL_JSON, atomic_write_text, load_run_weights, save_run_weights
+from medvit.train.checkpoint import commit_checkpoint, recover_checkpoint, rng_state, seed_epoch, set_rng_state
+from medvit.train.distributed import DistContext
+from medvit.train.sampling import build_loader
+
+__all__ = ["METRICS_CSV", "TRAIN_LOG", "PretrainResult", "pretrain"]
+
+_logger = logging.getLogger(__name__)
+
+METRICS_CSV = "metrics.csv"
+TRAIN_LOG = "train.log"
+_LOG_EVERY = 50  # steps between progress lines in train.log
+_PARTS = ("stage1", "stage2", "stage3", "stage4", "kl")
+
+
+@dataclass
+class PretrainResult:
+    """Outcome of :func:`pretrain`.
+
+    Attributes:
+        run_dir: the run directory.
+        epochs_run: completed epochs (including those of an earlier, resumed call).
+        history: one ``metrics.csv`` row per epoch.
+        images_seen: absolute paths of the images drawn by this call (for audit and tests).
+    """
+
+    run_dir: Path
+    epochs_run: int
+    history: list[dict[str, float]]
+    images_seen: set[str] = field(default_factory=set)
+
+    @property
+    def backbone(self) -> Path:
+        """``backbone.safetensors``: pass the run directory (or this file) as ``pretrained``."""
+        return self.run_dir / PRETRAIN_WEIGHTS
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Copy the ``medvit`` logger's INFO records to ``path`` for the run's duration."""
+    logger = logging.getLogger("medvit")
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(previous)
+
+
+def _write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _model_json(
+    cfg: PretrainConfig, student_kwargs: dict, teacher_path: str, pool: Any, mean: Sequence[float], std: Sequence[float]
+) -> dict[str, Any]:
+    return {
+        "kind": PRETRAIN_KIND,
+        "model": cfg.student,
+        "model_kwargs": student_kwargs,
+        "teacher": cfg.teacher,
+        "teacher_weights": f"bundled:{cfg.teacher}",
+        "teacher_sha256": sha256_file(teacher_path),
+        "data": pool.sources,
+        "datasets": pool.datasets,
+        "num_images": len(pool.records),
+        "image_size": list(cfg.image_size),
+        "mean": list(mean),
+        "std": list(std),
+        "loss": {
+            "feature": "MSE of per-channel standardised stage maps (adapter: 1x1 conv + BatchNorm2d)",
+            "stage_weights": list(cfg.stage_weights),
+            "kl_weight": cfg.kl_weight,
+            "temperature": cfg.temperature,
+        },
+        "weights": PRETRAIN_WEIGHTS,
+        "seed": cfg.seed,
+        "torch": torch.__version__,
+    }
+
+
+def pretrain(cfg: PretrainConfig | None, out_dir: str | Path, resume: bool = False) -> PretrainResult:
+    """Distil ``cfg.teacher`` into ``cfg.student`` on the train splits of ``cfg.data``.
+
+    Args:
+        cfg: the validated configuration (``None`` with ``resume``: the run's ``config.yaml``).
+        out_dir: the run directory to create, or to continue with ``resume=True``.
+        resume: continue from the last completed epoch of ``out_dir``.
+
+    Returns:
+        A :class:`PretrainResult`.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad configuration or data, ``out_dir`` already holds a run
+            and ``resume`` is false, or the command was started with several processes.
+        RuntimeError: the loss became NaN or infinite (the last good epoch is kept).
+    """
+    out = Path(out_dir)
+    if resume:
+        config_path = out / CONFIG_YAML
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: {out} is not a pretrain run to resume; drop --resume")
+        cfg = pretrain_config_from_dict(yaml.safe_load(config_path.read_text()))
+    elif cfg is None:
+        raise ValueError("pretrain needs a config (or resume=True to continue a run)")
+    elif (out / MODEL_JSON).exists() or (out / LAST_STATE).exists():
+        raise ValueError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    ctx = DistContext.from_env(cfg.device)
+    try:
+        if ctx.is_distributed:
+            raise ValueError("medvit pretrain runs in one process (CPU or one GPU); start it without torchrun")
+        out.mkdir(parents=True, exist_ok=True)
+        with _log_to(out / TRAIN_LOG):
+            return _pretrain(cfg, out, resume, ctx.device)
+    finally:
+        ctx.close()
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device) -> PretrainResult:
+    from timm.data import resolve_model_data_config
+
+    from medvit.models import create_model, get_model_info
+
+    student_kwargs = dict(cfg.student_kwargs)
+    info = get_model_info(cfg.student)
+    if info is not None and info.takes_img_size:
+        student_kwargs.setdefault("img_size", list(cfg.image_size))
+    torch.manual_seed(cfg.seed)
+    student = create_model(cfg.student, num_classes=1000, **student_kwargs)
+    data_cfg = resolve_model_data_config(student)
+    mean, std = [float(m) for m in data_cfg["mean"]], [float(s) for s in data_cfg["std"]]
+    teacher, teacher_path = load_teacher(cfg.teacher, mean, std)
+    net = PyramidStudent(student, teacher.stage_chs)
+    net.to(device)
+    teacher.to(device)
+    criterion = PretrainLoss(cfg.stage_weights, cfg.kl_weight, cfg.temperature)
+
+    pool = load_pool(cfg.sources, cfg.max_images, cfg.seed)
+    dataset = pool_dataset(pool, pretrain_transforms(cfg.image_size, mean, std, cfg.crop_scale, cfg.vflip_prob))
+    ctx = DistContext(device=device)
+    steps_per_epoch = len(build_loader(dataset, list_data_collate, cfg.batch_size, ctx, cfg.seed, 0, True, 0))
+    optimizer = create_optimizer_v2(net, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, cfg.epochs * steps_per_epoch),
+        lr_min=min(cfg.min_lr, cfg.lr),
+        warmup_t=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        warmup_lr_init=min(cfg.min_lr, cfg.lr),
+        t_in_epochs=False,
+    )
+    start_epoch, global_step, history = 0, 0, []
+    if resume:
+        state = recover_checkpoint(out)
+        load_run_weights(net, out / LAST_WEIGHTS)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        history = [dict(row) for row in state["history"]]
+        set_rng_state(state["rng"])
+        save_run_weights(backbone_state_dict(student), out / PRETRAIN_WEIGHTS)  # in step with last.safetensors
+        _logger.info("resuming %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
+    else:
+        atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(pretrain_config_to_dict(cfg), sort_keys=False))
+        atomic_write_text(
+            out / MODEL_JSON, json.dumps(_model_json(cfg, student_kwargs, teacher_path, pool, mean, std), indent=2)
+        )
+    _logger.info(
+        "pretrain %s <- %s on %d images (%s), %dx%d, %d steps/epoch, %d epochs",
+        cfg.student, cfg.teacher, len(pool.records), ", ".join(pool.datasets), *cfg.image_size,
+        steps_per_epoch, cfg.epochs,
+    )
+
+    use_amp = cfg.amp and device.type == "cuda"
+    interactive = sys.stderr.isatty()
+    seen_paths: set[str] = set()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        seed_epoch(cfg.seed, epoch, 0)
+        loader = build_loader(dataset, list_data_collate, cfg.batch_size, ctx, cfg.seed, epoch, True, cfg.num_workers)
+        net.train()
+        sums = {name: 0.0 for name in ("loss", *_PARTS)}
+        seen = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not interactive, dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            scheduler.step_update(global_step)
+            images = batch["image"].to(device, non_blocking=True)
+            with _autocast(device, use_amp):
+                teacher_logits, teacher_maps = teacher(images)
+                logits, maps = net(images, sizes=[m.shape[-2:] for m in teacher_maps])
+                loss, parts = criterion(logits, maps, teacher_logits, teacher_maps)
+            if not bool(torch.isfinite(loss)):
+                raise RuntimeError(
+                    f"non-finite pretraining loss at epoch {epoch + 1}, step {step + 1}; the last good epoch is kept "
+                    f"in {out}; lower lr or set grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            optimizer.step()
+            global_step += 1
+            n = images.shape[0]
+            seen += n
+            seen_paths.update(str(p) for p in batch["path"])
+            sums["loss"] += float(loss.detach()) * n
+            for name in _PARTS:
+                sums[name] += float(parts[name].detach()) * n
+            if (step + 1) % _LOG_EVERY == 0:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                _logger.info(
+                    "epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch + 1, step + 1, steps_per_epoch, sums["loss"] / seen, rate
+                )
+            if interactive:
+                bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
+        elapsed = time.perf_counter() - t0
+        row: dict[str, float] = {"epoch": epoch + 1}
+        row.update({name: value / max(seen, 1) for name, value in sums.items()})
+        row["lr"] = float(max(g["lr"] for g in optimizer.param_groups))
+        row["epoch_time_s"] = elapsed
+        row["images_per_s"] = seen / max(elapsed, 1e-9)
+        history.append(row)
+        commit_checkpoint(out, net, {
+            "epoch": epoch,
+            "global_step": global_step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+            "finished": epoch + 1 == cfg.epochs,
+            "rng": rng_state(cfg.seed, epoch + 1),
+        })
+        save_run_weights(backbone_state_dict(student), out / PRETRAIN_WEIGHTS)
+        _write_metrics(out / METRICS_CSV, history)
+        _logger.info(
+            "epoch %d/%d loss %.4f (stages %s, kl %.4f) %.1f img/s (%.0fs)",
+            epoch + 1, cfg.epochs, row["loss"], " ".join(f"{row[f'stage{i}']:.3f}" for i in range(1, 5)), row["kl"],
+            row["images_per_s"], elapsed,
+        )
+    _logger.info("wrote %s: pass pretrained=%s to medvit train", out / PRETRAIN_WEIGHTS, out)
+    return PretrainResult(out, len(history), history, seen_paths)
