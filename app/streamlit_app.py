@@ -130,10 +130,10 @@ def choose_input(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None, st
             return None, None, sample.path.name, sample
         return rgb, mask, sample.path.name, sample
     uploaded = st.file_uploader(
-        f"PNG, JPEG, BMP or TIFF, up to {demo.MAX_UPLOAD_BYTES // 2**20} MB and "
+        f"{demo.UPLOAD_FORMATS}, up to {demo.MAX_UPLOAD_BYTES // 2**20} MB and "
         f"{demo.MAX_IMAGE_PIXELS // 1_000_000} megapixels",
         type=list(demo.UPLOAD_TYPES),
-        max_upload_size=demo.MAX_UPLOAD_BYTES // 2**20,
+        max_upload_size=demo.TRANSFER_LIMIT_BYTES // 2**20,  # larger files reach read_upload, which says why
         key="upload",
     )
     if uploaded is None:

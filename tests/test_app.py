@@ -112,11 +112,19 @@ def test_read_upload_modes(image):
     assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
 
 
-@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "JPEG"])
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "JPEG", "GIF", "WEBP"])
 def test_read_upload_formats(fmt):
     buffer = io.BytesIO()
     Image.new("RGB", (33, 17), (1, 2, 3)).save(buffer, format=fmt)
+    assert fmt.lower() in demo.UPLOAD_TYPES  # the uploader widget takes it
     assert demo.read_upload(buffer.getvalue(), f"x.{fmt.lower()}").shape == (17, 33, 3)
+
+
+def test_uploader_takes_what_prepare_takes():
+    from medvit.data.datasets import IMAGE_EXTENSIONS
+
+    assert {f".{t}" for t in demo.UPLOAD_TYPES} == IMAGE_EXTENSIONS
+    assert demo.TRANSFER_LIMIT_BYTES > demo.MAX_UPLOAD_BYTES  # an oversized file reaches read_upload's message
 
 
 def test_read_upload_rejects_bad_input():
@@ -273,7 +281,7 @@ def test_streamlit_command_is_headless_and_offline():
     line = " ".join(command)
     assert str(APP) in command
     for flag in ("--server.headless true", "--browser.gatherUsageStats false", "--server.port 8765",
-                 "--server.maxUploadSize 20"):
+                 "--server.maxUploadSize 200"):
         assert flag in line
     assert command[-2:] == ["--runs", "my_runs"]
 
@@ -296,6 +304,7 @@ def _probability_table(at) -> "pd.DataFrame":
     return next(df.value for df in at.dataframe if list(df.value.columns) == ["class", "probability"])
 
 
+@pytest.mark.slow
 def test_page_default_model_with_sample(tmp_path):
     at = _page(tmp_path)
     assert not at.exception and not at.error
@@ -316,18 +325,24 @@ def test_page_default_model_with_sample(tmp_path):
     assert len(_probability_table(at)) == 7
 
 
+@pytest.mark.slow
 def test_page_bad_upload_then_good_upload(tmp_path):
     at = _page(tmp_path)
     at.radio(key="source").set_value("Upload an image").run()
     at.file_uploader(key="upload").set_value(("scan.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
     assert not at.exception
     assert any("scan.png" in e.value and "not a readable image" in e.value for e in at.error)
+    big = b"\x89PNG\r\n\x1a\n" + bytes(demo.MAX_UPLOAD_BYTES)  # over the limit: a message, not only a red icon
+    at.file_uploader(key="upload").set_value(("big.png", big, "image/png")).run()
+    assert not at.exception
+    assert any("big.png: the file is 20.0 MB, over the 20 MB upload limit" in e.value for e in at.error)
     sample = next(s for s in demo.load_samples(SAMPLES) if s.dataset == "busi")
     at.file_uploader(key="upload").set_value((sample.path.name, sample.path.read_bytes(), "image/png")).run()
     assert not at.exception and not at.error
     assert _probability_table(at)["probability"].sum() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_page_survives_a_run_that_does_not_load(tmp_path):
     broken = tmp_path / "runs" / "broken_busi"
     broken.mkdir(parents=True)

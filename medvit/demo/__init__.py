@@ -28,11 +28,22 @@ from medvit.demo.explanation import (
 )
 from medvit.demo.export import export_demo_model, validation_score
 from medvit.demo.serve import serve_demo, streamlit_command
-from medvit.demo.uploads import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, UPLOAD_TYPES, Sample, load_samples, read_upload
+from medvit.demo.uploads import (
+    MAX_IMAGE_PIXELS,
+    MAX_UPLOAD_BYTES,
+    TRANSFER_LIMIT_BYTES,
+    UPLOAD_FORMATS,
+    UPLOAD_TYPES,
+    Sample,
+    load_samples,
+    read_upload,
+)
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
     "MAX_IMAGE_PIXELS",
+    "TRANSFER_LIMIT_BYTES",
+    "UPLOAD_FORMATS",
     "UPLOAD_TYPES",
     "RunEntry",
     "Sample",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from medvit.demo.catalog import app_dir
-from medvit.demo.uploads import MAX_UPLOAD_BYTES
+from medvit.demo.uploads import TRANSFER_LIMIT_BYTES
 
 __all__ = ["streamlit_command", "serve_demo"]
 
@@ -22,7 +22,7 @@ def streamlit_command(
     address: str = "localhost",
     script: str | Path | None = None,
 ) -> list[str]:
-    """The ``streamlit run`` command line of the demo: headless, offline, 20 MB uploads.
+    """The ``streamlit run`` command line of the demo: headless, offline; uploads checked by ``read_upload``.
 
     Args:
         port: HTTP port.
@@ -44,7 +44,7 @@ def streamlit_command(
         "--server.address",
         address,
         "--server.maxUploadSize",
-        str(MAX_UPLOAD_BYTES // 2**20),
+        str(TRANSFER_LIMIT_BYTES // 2**20),
         "--server.fileWatcherType",
         "none",
         "--browser.gatherUsageStats",

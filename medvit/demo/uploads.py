@@ -7,16 +7,25 @@
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medvit.data.datasets import IMAGE_EXTENSIONS
 from medvit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from medvit.demo.catalog import app_dir
 
-__all__ = ["MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "UPLOAD_TYPES", "Sample", "load_samples", "read_upload"]
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "TRANSFER_LIMIT_BYTES",
+    "UPLOAD_FORMATS",
+    "UPLOAD_TYPES",
+    "Sample",
+    "load_samples",
+    "read_upload",
+]
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 """Largest accepted upload (20 MiB)."""
@@ -24,8 +33,16 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 """Largest accepted image, width x height (50 MP); checked from the header before decoding."""
 
-UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
-"""File extensions the page's uploader accepts."""
+TRANSFER_LIMIT_BYTES = 200 * 1024 * 1024
+"""What the uploader widget and the server take (Streamlit's default, 200 MiB): above
+:data:`MAX_UPLOAD_BYTES`, so that a file over the upload limit reaches :func:`read_upload` and the page
+says why it is refused (the widget alone only marks it red)."""
+
+UPLOAD_TYPES = tuple(sorted(suffix.lstrip(".") for suffix in IMAGE_EXTENSIONS))
+"""File extensions the page's uploader accepts: the ones ``medvit prepare`` takes as images."""
+
+UPLOAD_FORMATS = "PNG, JPEG, BMP, TIFF, GIF or WebP"
+"""The accepted formats, as the page and its messages name them."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,4 @@ def read_upload(
         return read_image(bytes(data), max_pixels=max_pixels)
     except ImageReadError as error:
         detail = str(error).removeprefix(f"<{len(data)} bytes>: ")
-        # Pillow names the in-memory buffer ("cannot identify image file <_io.BytesIO object at 0x...>")
-        detail = re.sub(r" \(cannot identify image file <[^>]*>\)", "", detail)
-        raise ImageReadError(f"{name}: {detail}; upload a PNG, JPEG, BMP or TIFF image") from error
+        raise ImageReadError(f"{name}: {detail}; upload a {UPLOAD_FORMATS} image") from error
