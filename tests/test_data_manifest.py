@@ -38,7 +38,8 @@ def test_ham10000_layout(tmp_path):
     frame = read_manifest(result.manifest)
     files = sorted(p.relative_to(DATA / "ham10000").as_posix() for p in (DATA / "ham10000").rglob("*.jpg"))
     assert sorted(frame["image"]) == files  # every image, nothing else
-    assert list(frame.columns) == ["image", "label", "label_name", "group", "split"]
+    # sex, age, localization: reporting-only subgroup columns; dx_type is never read
+    assert list(frame.columns) == ["image", "label", "label_name", "group", "split", "sex", "age", "localization"]
     assert groups_in_one_split(frame)
     lesion = frame[frame["group"] == "HAM_0000778"]
     assert len(lesion) == 3 and lesion["split"].nunique() == 1
@@ -334,3 +335,30 @@ def test_prepare_into_a_read_only_folder_is_one_line(tmp_path, capsys):
         "choose a writable --out folder"
     )
     assert not list(locked.iterdir())
+
+
+def test_clinical_questions_and_subgroup_columns_recorded(tmp_path):
+    ham = read_manifest_info(prepare_manifest("ham10000", DATA / "ham10000", tmp_path / "ham.csv", num_workers=1).manifest)
+    assert ham["questions"] == [
+        {"name": "melanoma", "positive_classes": ["mel"]},
+        {"name": "malignant", "positive_classes": ["mel", "bcc", "akiec"]},
+    ]
+    assert ham["subgroup_columns"] == ["sex", "age", "localization"]  # this metadata has no 'dataset' column
+    eye = prepare_manifest("eyepacs", DATA / "eyepacs", tmp_path / "eye.csv", num_workers=1)
+    frame = read_manifest(eye.manifest).set_index("image")
+    assert frame.loc["train/15_left.jpeg", "eye"] == "left" and frame.loc["train/15_right.jpeg", "eye"] == "right"
+    assert read_manifest_info(eye.manifest)["questions"][0]["positive_classes"] == ["2", "3", "4"]
+    assert read_manifest_info(eye.manifest)["raw_dir"] == str(DATA / "eyepacs")  # as given, not resolved
+
+
+def test_folder_positive_classes_option(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("benign", "malignant"):
+        (raw / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0) if name == "benign" else (0, i * 40, 0)).save(raw / name / f"{i}.png")
+    result = prepare_manifest("folder", raw, tmp_path / "f.csv", positive_classes=["malignant"], num_workers=1)
+    assert read_manifest_info(result.manifest)["questions"] == [{"name": "malignant", "positive_classes": ["malignant"]}]
+    assert read_manifest_info(prepare_manifest("folder", raw, tmp_path / "g.csv", num_workers=1).manifest)["questions"] == []
+    with pytest.raises(ValueError, match=r"--positive \['cancer'\].*\['benign', 'malignant'\]"):
+        prepare_manifest("folder", raw, tmp_path / "h.csv", positive_classes=["cancer"], num_workers=1)

@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--workers", type=int, default=None, help="threads for hashing/decoding (default: min(8, CPUs))"
     )
+    prepare.add_argument(
+        "--positive", nargs="+", metavar="CLASS", default=None,
+        help="classes whose 'yes' the report's operating points answer (folder datasets; e.g. --positive malignant)",
+    )
     prepare.add_argument("--check", type=Path, metavar="MANIFEST", help="re-validate this manifest instead")
     prepare.add_argument("--root", type=Path, help="with --check: the raw folder (default: the one recorded)")
     prepare.set_defaults(func=_prepare)
@@ -76,6 +80,7 @@ def _prepare(args: argparse.Namespace) -> int:
         duplicates=args.duplicates,
         keep_conflicting=args.keep_conflicting,
         num_workers=args.workers,
+        positive_classes=args.positive,
     )
     print(result.counts.to_string())
     reasons = ", ".join(f"{reason}: {count}" for reason, count in result.rejected_by_reason.items())

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 __all__ = [
+    "ClinicalQuestion",
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "DatasetSpec",
@@ -48,12 +49,15 @@ class RawItem:
         label_name: class name as in the spec's ``class_names``.
         group: the unit that must not cross splits (lesion, patient, image).
         masks: relative paths of this image's mask files, merged by union when loaded.
+        attributes: ``(column, value)`` pairs for the manifest's reporting-only columns (subgroups
+            such as sex or eye); never a model input.
     """
 
     image: str
     label_name: str
     group: str
     masks: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,22 @@ class RawScan:
 
 
 @dataclass(frozen=True)
+class ClinicalQuestion:
+    """The binary question clinicians ask of a dataset: is the image one of ``positive_classes``?
+
+    Attributes:
+        name: what a "yes" is called in reports and on the page (``malignant``, ``melanoma``).
+        positive_classes: the class names whose summed probability is the question's score.
+    """
+
+    name: str
+    positive_classes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "positive_classes": list(self.positive_classes)}
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """How one dataset is laid out, labelled and grouped.
 
@@ -88,6 +108,8 @@ class DatasetSpec:
         has_mask: images come with lesion masks (BUSI).
         group_key: what a group is, in words.
         layout: the expected raw layout, in words (used in error messages and the README).
+        questions: the clinical questions reported as operating points (the first is the page's).
+        subgroup_columns: reporting-only manifest columns the reader fills (:attr:`RawItem.attributes`).
         reader: ``reader(raw_dir) -> RawScan``.
     """
 
@@ -98,6 +120,8 @@ class DatasetSpec:
     has_mask: bool = False
     group_key: str = "image"
     layout: str = ""
+    questions: tuple[ClinicalQuestion, ...] = ()
+    subgroup_columns: tuple[str, ...] = ()
     reader: Callable[[Path], RawScan] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -186,7 +210,8 @@ def _match_label_rows(
     """Join the rows of a label table with the images found, rejecting (with the reason) what cannot be used.
 
     Args:
-        rows: ``(image stem, label, group)`` per table row, in file order (row 1 is the header).
+        rows: ``(image stem, label, group[, attributes])`` per table row, in file order (row 1 is
+            the header); ``attributes`` as in :attr:`RawItem.attributes`.
         index: image stem -> path relative to the raw folder (:func:`_index_images_by_stem`).
         rejected: list the rejections are appended to.
         table_rel: the table's path relative to the raw folder, for the messages.
@@ -201,7 +226,7 @@ def _match_label_rows(
     """
     items: list[RawItem] = []
     seen: set[str] = set()
-    for row_number, (stem, label, group) in enumerate(rows, start=2):
+    for row_number, (stem, label, group, *attributes) in enumerate(rows, start=2):
         where = f"{table_rel}:{row_number} ({stem})"
         if stem in seen:
             rejected.append(Rejection(where, f"duplicate {row_kind}", f"{stem} listed again"))
@@ -214,7 +239,7 @@ def _match_label_rows(
             detail = f"{label_field}={label!r}; expected one of {expected}"
             rejected.append(Rejection(index[stem], "unknown label", detail))
             continue
-        items.append(RawItem(index[stem], label, group))
+        items.append(RawItem(index[stem], label, group, attributes=attributes[0] if attributes else ()))
     for stem, rel in index.items():
         if stem not in seen:
             rejected.append(Rejection(rel, f"image without {row_kind}", f"{stem} not in {table_rel}"))
@@ -223,6 +248,7 @@ def _match_label_rows(
 
 # ---------------------------------------------------------------------------------------------- HAM10000
 HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+_HAM_SUBGROUPS = ("sex", "age", "localization", "dataset")
 _HAM_LAYOUT = (
     "HAM10000_metadata.csv (columns lesion_id,image_id,dx,...) and the images ISIC_*.jpg in "
     "HAM10000_images_part_1/ and HAM10000_images_part_2/ (or one folder, e.g. HAM10000_images/)"
@@ -232,8 +258,9 @@ _HAM_LAYOUT = (
 def read_ham10000(raw_dir: Path) -> RawScan:
     """Read HAM10000: metadata CSV + images anywhere below ``raw_dir``; group = ``lesion_id``.
 
-    Only ``lesion_id``, ``image_id`` and ``dx`` are read: ``dx_type`` (and age, localization) leak
-    the label and are never used.
+    Only ``lesion_id``, ``image_id`` and ``dx`` label the data. ``sex``, ``age``, ``localization`` and
+    ``dataset`` (the image source), where present, are carried as reporting-only subgroup columns,
+    never a model input; ``dx_type`` leaks the label and is never read.
     """
     meta_path = _find_label_file(
         raw_dir, ("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata*"), _HAM_LAYOUT
@@ -243,9 +270,15 @@ def read_ham10000(raw_dir: Path) -> RawScan:
     images = _image_files(raw_dir)
     index = _index_images_by_stem((p for p in images if p.stem.upper().startswith("ISIC_")), raw_dir, rejected)
     meta_rel = _rel(meta_path, raw_dir)
+    present = [column for column in _HAM_SUBGROUPS if column in table.columns]
     rows = (
-        (row.image_id.strip(), row.dx.strip(), row.lesion_id.strip() or row.image_id.strip())
-        for row in table.itertuples(index=False)
+        (
+            row["image_id"].strip(),
+            row["dx"].strip(),
+            row["lesion_id"].strip() or row["image_id"].strip(),
+            tuple((column, row[column].strip()) for column in present),
+        )
+        for row in table.to_dict("records")
     )
     items = _match_label_rows(
         rows, index, rejected, table_rel=meta_rel, row_kind="metadata row", label_field="dx",
@@ -274,7 +307,14 @@ def read_eyepacs(raw_dir: Path) -> RawScan:
         match = _EYE_PATTERN.match(name)
         return match["patient"] if match else name
 
-    rows = ((row.image.strip(), row.level.strip(), patient(row.image.strip())) for row in table.itertuples(index=False))
+    def eye(name: str) -> tuple[tuple[str, str], ...]:
+        match = _EYE_PATTERN.match(name)
+        return (("eye", match["eye"] if match else ""),)
+
+    rows = (
+        (row.image.strip(), row.level.strip(), patient(row.image.strip()), eye(row.image.strip()))
+        for row in table.itertuples(index=False)
+    )
     items = _match_label_rows(
         rows, index, rejected, table_rel=labels_rel, row_kind="label row", label_field="level",
         classes=EYEPACS_CLASSES, expected="0, 1, 2, 3, 4", missing=lambda name: f"no {name}.jpeg in {image_dir}",
@@ -362,7 +402,17 @@ def read_folder(raw_dir: Path) -> RawScan:
 
 DATASETS: dict[str, DatasetSpec] = {
     "ham10000": DatasetSpec(
-        "ham10000", HAM10000_CLASSES, "dermoscopy", group_key="lesion_id", layout=_HAM_LAYOUT, reader=read_ham10000
+        "ham10000",
+        HAM10000_CLASSES,
+        "dermoscopy",
+        group_key="lesion_id",
+        layout=_HAM_LAYOUT,
+        questions=(
+            ClinicalQuestion("melanoma", ("mel",)),
+            ClinicalQuestion("malignant", ("mel", "bcc", "akiec")),
+        ),
+        subgroup_columns=_HAM_SUBGROUPS,
+        reader=read_ham10000,
     ),
     "eyepacs": DatasetSpec(
         "eyepacs",
@@ -371,6 +421,8 @@ DATASETS: dict[str, DatasetSpec] = {
         is_ordinal=True,
         group_key="patient (number before _left/_right)",
         layout=_EYEPACS_LAYOUT,
+        questions=(ClinicalQuestion("referable DR (grade 2 or higher)", ("2", "3", "4")),),
+        subgroup_columns=("eye",),
         reader=read_eyepacs,
     ),
     "busi": DatasetSpec(
@@ -380,6 +432,7 @@ DATASETS: dict[str, DatasetSpec] = {
         has_mask=True,
         group_key="image (byte-identical images share a group)",
         layout=_BUSI_LAYOUT,
+        questions=(ClinicalQuestion("malignant", ("malignant",)),),
         reader=read_busi,
     ),
     "folder": DatasetSpec("folder", (), "generic", group_key="image", layout=_FOLDER_LAYOUT, reader=read_folder),

@@ -16,15 +16,16 @@ import os
 import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from medvit.data.datasets import IMAGE_EXTENSIONS, DatasetSpec, RawItem, Rejection, get_spec
+from medvit.data.datasets import IMAGE_EXTENSIONS, ClinicalQuestion, DatasetSpec, RawItem, Rejection, get_spec
 from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, open_image
+from medvit.hashing import sha256_file
 
 __all__ = [
     "SPLITS",
@@ -47,7 +48,6 @@ _logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("image", "label", "label_name", "group", "split")
-_CHUNK = 1 << 20
 _FILE_DIGEST_CHARS = 16  # per-file sha256 prefix kept in the side JSON (change detection); raw_hash uses all 64
 
 
@@ -65,7 +65,7 @@ def rejected_path(manifest: str | Path) -> Path:
 
 def manifest_hash(manifest: str | Path) -> str:
     """sha256 (hex) of the manifest CSV's bytes, for run records (``model.json``)."""
-    return _sha256_file(Path(manifest))
+    return sha256_file(Path(manifest))
 
 
 def read_manifest(manifest: str | Path) -> pd.DataFrame:
@@ -101,14 +101,6 @@ def read_manifest_info(manifest: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _num_workers(num_workers: int | None) -> int:
     return max(1, num_workers if num_workers is not None else min(8, os.cpu_count() or 1))
 
@@ -117,7 +109,7 @@ def digest_files(root: Path, files: Sequence[str], num_workers: int | None = Non
     """sha256 of each file (streamed), keyed by its relative path, in sorted order."""
     ordered = sorted(files)
     with ThreadPoolExecutor(_num_workers(num_workers)) as pool:
-        digests = list(pool.map(lambda rel: _sha256_file(root / rel), ordered))
+        digests = list(pool.map(lambda rel: sha256_file(root / rel), ordered))
     return dict(zip(ordered, digests))
 
 
@@ -260,7 +252,7 @@ def _validate_item(root: Path, item: RawItem, max_pixels: int | None) -> tuple[R
             )
             continue
         kept.append(mask)
-    return RawItem(item.image, item.label_name, item.group, tuple(kept)), rejected
+    return replace(item, masks=tuple(kept)), rejected
 
 
 def _reason(error: Exception) -> str:
@@ -317,11 +309,23 @@ def _resolve_duplicates(
         for other in roots[1:]:
             parent[find(other)] = roots[0]
     kept = [
-        RawItem(item.image, item.label_name, find(item.group), item.masks)
+        replace(item, group=find(item.group))
         for item in items
         if item.image not in dropped
     ]
     return kept, rejected, duplicate_sets
+
+
+def _questions(spec: DatasetSpec, class_names: Sequence[str], positive_classes: Sequence[str] | None) -> list[ClinicalQuestion]:
+    """The dataset's clinical questions, or the one ``positive_classes`` asks (checked against the classes)."""
+    if not positive_classes:
+        return list(spec.questions)
+    unknown = [c for c in positive_classes if c not in class_names]
+    if unknown:
+        raise ValueError(f"--positive {unknown}: not among the classes found, {list(class_names)}")
+    if len(set(positive_classes)) == len(class_names):
+        raise ValueError(f"--positive names every class {list(class_names)}; leave at least one negative class")
+    return [ClinicalQuestion(" or ".join(positive_classes), tuple(positive_classes))]
 
 
 def _log_rejections(rejected: Sequence[Rejection]) -> None:
@@ -388,6 +392,7 @@ def prepare_manifest(
     keep_conflicting: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     num_workers: int | None = None,
+    positive_classes: Sequence[str] | None = None,
 ) -> PrepareResult:
     """Validate a raw dataset folder and write its manifest, side JSON and rejected list.
 
@@ -407,6 +412,8 @@ def prepare_manifest(
         keep_conflicting: keep (and group) identical images with different labels instead of dropping.
         max_pixels: decompression-bomb guard for every image.
         num_workers: threads for hashing and decoding (default: min(8, CPUs)).
+        positive_classes: the classes of the clinical question reported as operating points
+            (``folder`` datasets; replaces a named dataset's own questions).
 
     Raises:
         KeyError: unknown dataset.
@@ -464,6 +471,10 @@ def prepare_manifest(
     )
     if spec.has_mask:
         frame["mask"] = [MASK_SEPARATOR.join(item.masks) for item in items]
+    subgroup_columns = [c for c in spec.subgroup_columns if any(c == k for item in items for k, _ in item.attributes)]
+    for column in subgroup_columns:  # reporting only (subgroup tables); never a model input
+        frame[column] = [dict(item.attributes).get(column, "") for item in items]
+    questions = _questions(spec, class_names, positive_classes)
     _write_csv(frame, out)
     counts = count_table(frame, class_names)
     content_hash = raw_hash(digests)
@@ -474,12 +485,14 @@ def prepare_manifest(
         "is_ordinal": spec.is_ordinal,
         "has_mask": spec.has_mask,
         "group_key": spec.group_key,
+        "questions": [q.to_dict() for q in questions],
+        "subgroup_columns": subgroup_columns,
         "seed": seed,
         "val": val,
         "test": test,
         "duplicates": duplicates,
         "keep_conflicting": keep_conflicting,
-        "raw_dir": str(raw_dir.resolve()),
+        "raw_dir": str(raw_dir),  # as given: an absolute path of this machine would not travel
         "raw_hash": content_hash,
         "num_images": len(frame),
         "num_groups": int(frame["group"].nunique()),
