@@ -12,7 +12,6 @@ dropped and re-initialised, with a warning; any other missing key or shape misma
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ from timm.layers import trunc_normal_
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
+from medvit.hashing import sha256_file  # re-exported: medvit.models.sha256_file
 from medvit.models import efficientnet_lite
 
 __all__ = ["load_pretrained", "read_state_dict", "sha256_file", "checkpoint_filter_for"]
@@ -35,15 +35,6 @@ _PREFIXES = ("module.", "_orig_mod.")
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 FilterFn = Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]]
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (for run directories' ``model.json``)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
