@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# make demo PORT=8600 serves on another port (default: $STREAMLIT_SERVER_PORT, else 8501)
+PORT ?=
 demo: $(STAMP)
-	$(VENV)/bin/medvit demo
+	$(VENV)/bin/medvit demo $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -12,9 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="serve the Streamlit demo (what `make demo` runs)",
         description="Serve the Streamlit demo page offline and headless: embedded demo models plus the "
-        "run directories found under --runs. Stop it with Ctrl-C.",
+        "run directories found under --runs. Ctrl-C or SIGTERM stops it and its Streamlit process.",
     )
-    parser.add_argument("--port", type=int, default=8501, help="HTTP port (default: 8501)")
+    parser.add_argument(
+        "--port", type=int, default=None, help="HTTP port (default: $STREAMLIT_SERVER_PORT, else 8501)"
+    )
     parser.add_argument("--address", default="localhost", help="address to bind (default: localhost)")
     parser.add_argument(
         "--runs", type=Path, default=Path("runs"), help="folder searched for run directories (default: runs/)"
