@@ -6,17 +6,15 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset
-from torch.utils.data import DistributedSampler, WeightedRandomSampler
 
 from medvit.data.images import MASK_SEPARATOR
 from medvit.data.manifest import SPLITS, read_manifest
 from medvit.data.transforms import eval_transforms, train_transforms
 
-__all__ = ["create_dataloader", "manifest_records"]
+__all__ = ["create_dataloader", "create_dataset", "manifest_records"]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +47,52 @@ def manifest_records(frame: pd.DataFrame, root: str | Path, split: str | None = 
     return records
 
 
+def create_dataset(
+    manifest: str | Path | pd.DataFrame,
+    root: str | Path,
+    split: str,
+    image_size: Sequence[int] | int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    preset: str,
+    train: bool,
+    cache: bool = False,
+    num_workers: int = 0,
+) -> Dataset:
+    """A MONAI dataset over one split of a manifest, through the train or eval pipeline.
+
+    Items are dicts ``{"image": (3, H, W) float, "label": int, "mask": (1, H, W) float (when the
+    manifest has masks), "path": str}``. The training engine draws from it with its own
+    epoch-seeded sampler (:func:`medvit.train.sampling.build_loader`).
+
+    Args:
+        manifest: manifest CSV path or its DataFrame.
+        root: raw folder the manifest paths are relative to.
+        split: ``train``, ``val`` or ``test``.
+        image_size: output (H, W).
+        mean: backbone mean (RGB, [0, 1] scale).
+        std: backbone std.
+        preset: augmentation preset (see :func:`medvit.data.transforms.train_transforms`).
+        train: the augmenting pipeline; else the deterministic eval pipeline.
+        cache: cache the deterministic part of the pipeline (load + resize) in memory with
+            ``CacheDataset``.
+        num_workers: threads that fill the cache.
+
+    Raises:
+        ValueError: bad or empty split.
+    """
+    frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    records = manifest_records(frame, root, split)
+    transform = (
+        train_transforms(preset, image_size, mean, std) if train else eval_transforms(image_size, mean, std)
+    )
+    _logger.info("%s split: %d images, %s pipeline%s", split, len(records), "train" if train else "eval",
+                 ", cached" if cache else "")
+    if cache:
+        return CacheDataset(records, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
+    return Dataset(records, transform)
+
+
 def create_dataloader(
     manifest: str | Path | pd.DataFrame,
     root: str | Path,
@@ -61,81 +105,35 @@ def create_dataloader(
     train: bool,
     num_workers: int = 0,
     seed: int = 0,
-    balanced: bool = False,
     cache: bool = False,
-    distributed: bool = False,
 ) -> DataLoader:
-    """A MONAI ``DataLoader`` over one split of a manifest.
+    """A MONAI ``DataLoader`` over one split of a manifest (for scripts, explanations and notebooks).
 
     Batches are dicts ``{"image": (B, 3, H, W) float, "label": (B,) long, "mask": (B, 1, H, W) float
     (when the manifest has masks), "path": list[str]}``. Randomness comes only from ``seed``: the
-    shuffling/sampling ``torch.Generator`` and, through MONAI's ``DataLoader``, the augmentation
-    random state of the main process or of each worker (``monai.data.utils.worker_init_fn``).
+    shuffling ``torch.Generator`` and, through MONAI's ``DataLoader``, the augmentation random state
+    of the main process or of each worker (``monai.data.utils.worker_init_fn``). Training uses the
+    same dataset (:func:`create_dataset`) with its epoch-seeded, DDP-aware sampler instead.
 
     Args:
-        manifest: manifest CSV path or its DataFrame.
-        root: raw folder the manifest paths are relative to.
-        split: ``train``, ``val`` or ``test``.
-        image_size: output (H, W).
-        mean: backbone mean (RGB, [0, 1] scale).
-        std: backbone std.
-        preset: augmentation preset (see :func:`medvit.data.transforms.train_transforms`).
-        batch_size: images per batch (per process when distributed).
+        manifest, root, split, image_size, mean, std, preset, cache: as :func:`create_dataset`.
+        batch_size: images per batch.
         train: augment, shuffle and drop the last incomplete batch; else the deterministic eval
             pipeline in manifest order.
         num_workers: loader worker processes.
-        seed: seed of sampling and augmentation.
-        balanced: sample classes equally often (``WeightedRandomSampler`` with replacement, weights
-            1 / class count); train only, not with ``distributed``.
-        cache: cache the deterministic part of the pipeline (load + resize) in memory with
-            ``CacheDataset``.
-        distributed: shard with ``DistributedSampler`` (call ``loader.sampler.set_epoch(epoch)``
-            every epoch; needs an initialised process group).
+        seed: seed of shuffling and augmentation.
 
     Raises:
-        ValueError: bad split, empty split, or ``balanced`` with ``distributed``/eval.
+        ValueError: bad or empty split.
     """
-    frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
-    records = manifest_records(frame, root, split)
-    transform = (
-        train_transforms(preset, image_size, mean, std) if train else eval_transforms(image_size, mean, std)
-    )
-    dataset = (
-        CacheDataset(records, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
-        if cache
-        else Dataset(records, transform)
-    )
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    shuffle = train
-    if balanced:
-        if not train or distributed:
-            raise ValueError("balanced=True needs train=True and distributed=False")
-        labels = np.array([record["label"] for record in records])
-        counts = np.bincount(labels)
-        weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
-        sampler = WeightedRandomSampler(weights, num_samples=len(records), replacement=True, generator=generator)
-        shuffle = False
-    elif distributed:
-        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train)
-        shuffle = False
-    drop_last = train and len(records) > batch_size
-    _logger.info(
-        "%s loader: %d images, batch %d, %s%s",
-        split,
-        len(records),
-        batch_size,
-        "train" if train else "eval",
-        ", class-balanced" if balanced else "",
-    )
+    dataset = create_dataset(manifest, root, split, image_size, mean, std, preset, train, cache, num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
+        shuffle=train,
         num_workers=num_workers,
-        generator=generator,
-        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=train and len(dataset) > batch_size,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )

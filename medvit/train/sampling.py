@@ -115,7 +115,7 @@ def dataset_records(dataset: Dataset) -> list[dict]:
     if data is None or not len(data) or not isinstance(data[0], dict):
         raise RuntimeError(
             f"{type(dataset).__name__} exposes no .data records with 'image'/'label'; "
-            "medvit.data.loaders.create_dataloader must return a MONAI Dataset over manifest records"
+            "medvit.data.loaders.create_dataset must return a MONAI Dataset over manifest records"
         )
     return list(data)
 
@@ -174,25 +174,16 @@ def load_split(
     cache: bool,
     batch_size: int = 1,
 ) -> SplitData:
-    from medvit.data.loaders import create_dataloader
+    """One split of a manifest as the engine's dataset (``seed`` and ``batch_size`` are not used here:
+    the order and augmentation come from :func:`build_loader`)."""
+    from monai.data import list_data_collate
 
-    loader = create_dataloader(
-        manifest,
-        root,
-        split,
-        image_size=tuple(image_size),
-        mean=tuple(mean),
-        std=tuple(std),
-        preset=preset,
-        batch_size=batch_size,
-        train=train,
-        num_workers=0,
-        seed=seed,
-        balanced=False,
-        cache=cache,
-        distributed=False,
+    from medvit.data.loaders import create_dataset
+
+    dataset = create_dataset(
+        manifest, root, split, image_size=tuple(image_size), mean=tuple(mean), std=tuple(std), preset=preset,
+        train=train, cache=cache,
     )
-    dataset = loader.dataset
     if len(dataset) == 0:
         raise ValueError(f"{manifest}: split '{split}' is empty; re-run 'medvit prepare' with a non-zero {split} fraction")
-    return SplitData(dataset, loader.collate_fn, dataset_records(dataset))
+    return SplitData(dataset, list_data_collate, dataset_records(dataset))
