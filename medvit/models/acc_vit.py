@@ -26,10 +26,9 @@ Choices the paper leaves open (documented where they are made):
 * The gate of the attention is a Linear on the normalised attention input (one logit per branch and
   token, softmax over branches). The gate of the atrous convolution is a 1x1 conv on the expanded
   activation (average-pooled to the output grid in a strided block).
-* Parameter budget: one attention and one MLP per block (MaxViT has two of each) leave MaxViT-T's
-  widths, depths, stem and MBConv expansion at 20.13 M parameters (MLP ratio 4). The tiny model keeps all
-  of those and raises only the MLP ratio, to 8.5, which lands it at 28.18 M (28.0-28.5 M asked, the
-  paper: < 28.5 M, about 9% below MaxViT-T's 30.92 M); ratio 8 gives 27.29 M and 9 gives 29.08 M.
+* Parameter budget: a block has one attention and one MLP (MaxViT has two of each), so the tiny model
+  keeps MaxViT-T's widths, depths, stem and MBConv expansion and raises only the MLP ratio, to 8.5
+  (the counts behind that choice: ``docs/models.md``).
 
 Input-size rule: every side of the input must be a multiple of ``32 * window_size`` (224 for the default
 window 7), so that at every stage the largest dilated window tiles the map exactly (stage 1 of a 224

@@ -257,11 +257,10 @@ class VvtMlp(nn.Module):
     channels-last view of the tokens and GELU is applied in place on the conv's output.
 
     On the CPU the batch goes through in chunks of whole images whose hidden activation (N x
-    hidden_features) fits in ``cpu_chunk_bytes`` (at least one image per chunk): stage 1 of
-    vvt_tiny has a 77 MB hidden activation for 8 images at 224², which otherwise makes fc1, the
-    depthwise conv, GELU and fc2 each stream it through main memory (and page-fault it in afresh
-    on every call). Each image goes through the same operations as in the whole batch (the outputs
-    were bitwise equal on the machines measured; tests allow float rounding).
+    hidden_features) fits in ``cpu_chunk_bytes`` (at least one image per chunk), so that fc1, the
+    depthwise conv, GELU and fc2 work on a cache-sized block instead of each streaming a large
+    activation through main memory (why and what it gains: ``docs/models.md``). Each image goes
+    through the same operations as in the whole batch (tests compare with the unchunked outputs).
     """
 
     cpu_chunk_bytes: int = CPU_CHUNK_BYTES  # 0 = never chunk
