@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "read_model_info",
     "save_run_weights",
     "load_run_weights",
+    "read_run_weights",
     "export_run",
     "atomic_save",
     "atomic_write_text",
@@ -81,6 +83,8 @@ class ReportFiles:
     confusion_png = "confusion.png"
     roc_png = "roc.png"
     index_md = "index.md"
+    reliability_png = "reliability.png"
+    operating_points_png = "operating_points.png"
 
 
 @dataclass
@@ -98,6 +102,9 @@ class Run:
         preset: augmentation preset used for training.
         info: the full ``model.json``.
         config: the resolved ``config.yaml`` (empty when the file is absent, e.g. a bare export).
+        temperature: the calibration temperature fitted on validation (``model.json["calibration"]``,
+            written by ``medvit calibrate``); 1.0 for an uncalibrated run. Probabilities are
+            ``softmax(logits / temperature)``.
     """
 
     path: Path
@@ -111,6 +118,7 @@ class Run:
     preset: str
     info: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    temperature: float = 1.0
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -165,23 +173,52 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def save_run_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_run_weights(
+    model: nn.Module | Mapping[str, torch.Tensor], path: str | Path, dtype: torch.dtype | str | None = None
+) -> None:
     """Save a model's ``state_dict`` as safetensors, atomically.
 
     Args:
         model: the model (a DDP wrapper is unwrapped) or a state dict.
         path: target ``.safetensors`` file.
         dtype: cast floating-point tensors to this dtype (e.g. ``torch.float16`` for a small
-            export); ``None`` keeps each tensor's dtype.
+            export); ``"int8"`` stores matrices and kernels as per-channel int8
+            (:mod:`medvit.models.storage`); ``None`` keeps each tensor's dtype.
     """
+    from medvit.models.storage import quantize
+
     state = model if isinstance(model, Mapping) else _unwrap(model).state_dict()
-    tensors = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[name] = tensor.clone().contiguous()  # clone: safetensors refuses shared storage
-    atomic_save(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if dtype == "int8":
+        tensors, metadata = quantize(state)
+    else:
+        tensors, metadata = {}, {"format": "pt"}
+        for name, tensor in state.items():
+            tensor = tensor.detach().to("cpu")
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            tensors[name] = tensor.clone().contiguous()  # clone: safetensors refuses shared storage
+    atomic_save(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_run_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The float ``state_dict`` in a weights file (int8 storage dequantized).
+
+    Raises:
+        FileNotFoundError: ``path`` is missing.
+        ValueError: not a readable safetensors file.
+    """
+    from medvit.models.storage import dequantize
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; the run has no saved weights (did training finish an epoch?)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error}); re-export or retrain the run") from error
+    return dequantize(tensors, metadata)
 
 
 def load_run_weights(model: nn.Module, path: str | Path) -> nn.Module:
@@ -192,12 +229,7 @@ def load_run_weights(model: nn.Module, path: str | Path) -> nn.Module:
         ValueError: the file is not a readable safetensors file or its keys/shapes do not match.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; the run has no saved weights (did training finish an epoch?)")
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error}); re-export or retrain the run") from error
+    state = read_run_weights(path)
     reference = model.state_dict()
     for name, tensor in state.items():
         if name in reference and tensor.is_floating_point() and reference[name].is_floating_point():
@@ -353,13 +385,14 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         preset=str(info.get("preset", "")),
         info=info,
         config=config,
+        temperature=float((info.get("calibration") or {}).get("temperature", 1.0)),
     )
 
 
 def export_run(
-    run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16
+    run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | str = torch.float16
 ) -> Path:
-    """Copy a run's description and report, with ``best.safetensors`` cast to ``dtype``.
+    """Copy a run's description and report, with ``best.safetensors`` cast to ``dtype`` (or ``"int8"``).
 
     Copies ``model.json``, ``config.yaml``, ``metrics.csv``, ``predictions.csv`` and ``report/``
     (those present) and writes ``best.safetensors`` in ``dtype`` (fp16 halves the size; ``load_run``
@@ -384,10 +417,6 @@ def export_run(
             shutil.copy2(run_dir / name, out_dir / name)
     if (run_dir / REPORT_DIR).is_dir():
         shutil.copytree(run_dir / REPORT_DIR, out_dir / REPORT_DIR, dirs_exist_ok=True)
-    try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{weights}: not a readable safetensors file ({error})") from error
-    save_run_weights(state, out_dir / BEST_WEIGHTS, dtype=dtype)
+    save_run_weights(read_run_weights(weights), out_dir / BEST_WEIGHTS, dtype=dtype)
     _logger.info("exported %s -> %s (%s weights)", run_dir, out_dir, str(dtype).replace("torch.", ""))
     return out_dir
