@@ -218,10 +218,13 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     per_class_table(metrics).to_csv(out / ReportFiles.per_class_csv, index=False, float_format="%.6g")
     atomic_write_text(out / ReportFiles.per_class_md, f"# Per-class metrics: {run_dir.name} ({split})\n\n" + _per_class_markdown(metrics))
     summary = {"run": run_dir.name, "model": info["model"], "dataset": info.get("dataset"), "split": split, **metrics.to_dict()}
+    from medvit.reporting.section import clinical_section
+
+    summary["clinical"], clinical_md = clinical_section(run_dir, info, frame, split, out, n_bootstrap=n_bootstrap, seed=seed)
     atomic_write_text(out / ReportFiles.summary_json, json.dumps(summary, indent=1))
     _plot_confusion(out / ReportFiles.confusion_png, labels, probabilities.argmax(axis=1), class_names)
     _plot_roc(out / ReportFiles.roc_png, labels, probabilities, metrics)
-    atomic_write_text(out / ReportFiles.index_md, _index_markdown(run_dir, info, split, metrics))
+    atomic_write_text(out / ReportFiles.index_md, _index_markdown(run_dir, info, split, metrics) + "\n" + clinical_md)
     _logger.info("wrote %s (accuracy %s)", out, metrics.accuracy.format())
     return out
 

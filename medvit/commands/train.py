@@ -36,6 +36,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.suffix.lower() != ".csv":
+        return _evaluate_into_folder(args)
+    if args.report:
+        raise ValueError("--report needs --out DIR (a folder for the predictions and their report)")
     from medvit.train.engine import evaluate_run
 
     path = evaluate_run(
@@ -43,6 +47,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device, out=args.out,
     )
     print(path)
+    return 0
+
+
+def _evaluate_into_folder(args: argparse.Namespace) -> int:
+    from medvit.reporting.external import evaluate_external
+
+    if args.manifest is None or args.root is None:
+        raise ValueError("--out DIR evaluates other data: pass --manifest OTHER.csv and --root RAW_DIR")
+    out = evaluate_external(args.run, args.manifest, args.root, args.out, split=args.split,
+                            batch_size=args.batch_size, device=args.device)
+    print(out / "predictions.csv")
+    if args.report:
+        from medvit.report import write_report
+
+        print(write_report(out, n_bootstrap=args.bootstrap) / "index.md")
     return 0
 
 
@@ -92,11 +111,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--manifest", type=Path, help="manifest CSV (default: the run's)")
     p.add_argument("--root", type=Path, help="raw data folder (default: the run's)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="split of the manifest (all: every row, for external data)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, default=None,
-                   help="CSV to write (default RUN/predictions.csv; RUN/predictions_SPLIT.csv for train/val)")
+                   help="CSV to write (default RUN/predictions.csv; RUN/predictions_SPLIT.csv for train/val), or "
+                   "a folder DIR for other data: DIR/predictions.csv + DIR/model.json, reported by 'medvit report DIR'")
+    p.add_argument("--report", action="store_true", help="with --out DIR: also write DIR/report/")
+    p.add_argument("--bootstrap", type=int, default=1000, help="with --report: bootstrap resamples")
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("report", help="per-class metrics with bootstrap CIs and plots into RUN/report/")

@@ -112,8 +112,8 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
     A bounded scalar search over ``log T`` in [log 0.05, log 20] (one parameter: Brent's method
     needs no gradients and cannot diverge, unlike LBFGS on tiny validation splits). The result
-    is kept only when it lowers the NLL; otherwise ``1.0`` is returned, so scaling never raises
-    the validation NLL.
+    is rounded to 6 significant digits and kept only when it lowers the NLL; otherwise ``1.0`` is
+    returned, so scaling never raises the validation NLL.
 
     Args:
         labels: (N,) true classes of the validation split.
@@ -131,9 +131,10 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
         return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, labels]))
 
     result = minimize_scalar(loss, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
-    if not result.success or loss(float(result.x)) >= loss(0.0):
+    temperature = float(f"{np.exp(result.x):.6g}")  # 6 digits: what prediction files and model.json hold
+    if not result.success or loss(np.log(temperature)) >= loss(0.0):
         return 1.0
-    return float(np.exp(result.x))
+    return temperature
 
 
 def _top_label(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

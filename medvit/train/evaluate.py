@@ -30,7 +30,7 @@ def evaluate_run(
     Args:
         run_dir: the run directory.
         manifest, root: data to evaluate (default: the run's own ``config.yaml``).
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val``, ``test`` or ``all`` (every row: external data).
         batch_size: evaluation batch size (default: the run's).
         device: ``auto``, ``cpu`` or ``cuda``.
         out: output CSV (default ``RUN/predictions.csv``, ``RUN/predictions_<split>.csv`` for
@@ -48,7 +48,7 @@ def evaluate_run(
         if not manifest or not root:
             raise ValueError(f"{run_dir}: no manifest/root in config.yaml; pass --manifest and --root")
         data = load_split(
-            manifest=manifest, root=root, split=split, image_size=run.image_size, mean=run.mean, std=run.std,
+            manifest=manifest, root=root, split=None if split == "all" else split, image_size=run.image_size, mean=run.mean, std=run.std,
             preset=run.preset or "generic", train=False, seed=int(run.config.get("seed", 0)), cache=False,
         )
         loader = build_loader(
@@ -58,7 +58,7 @@ def evaluate_run(
         preds = predict(run.model, loader, ctx, amp=bool(run.config.get("amp", False)), progress=sys.stderr.isatty())
         path = Path(out) if out else run_dir / predictions_filename(split)
         if ctx.is_main:
-            write_predictions(path, preds, data.records, run.class_names, root, split)
+            write_predictions(path, preds, data.records, run.class_names, root, split, info=run.info)
             _logger.info("wrote %s (%d images)", path, len(preds.labels))
         return path
     finally:

@@ -6,7 +6,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,9 +80,20 @@ def predict(
 
 
 def write_predictions(
-    path: Path, preds: Predictions, records: Sequence[dict], class_names: Sequence[str], root: str | Path, split: str
+    path: Path,
+    preds: Predictions,
+    records: Sequence[dict],
+    class_names: Sequence[str],
+    root: str | Path,
+    split: str,
+    info: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write one row per image (path relative to ``root``, label, prediction, probabilities) atomically."""
+    """Write one row per image (path relative to ``root``, label, prediction, probabilities) atomically.
+
+    With ``info`` (the run's ``model.json``) holding a ``calibration`` record, the probabilities are
+    temperature-scaled and a ``prediction_set`` column is added
+    (:func:`medvit.reporting.calibrate.calibrate_frame`); without one the file is as before.
+    """
     probs = preds.probabilities
     predicted = probs.argmax(axis=1)
     root = Path(root)
@@ -105,6 +116,10 @@ def write_predictions(
     )
     for c, name in enumerate(class_names):
         frame[f"prob_{name}"] = probs[:, c]
+    if info and info.get("calibration"):
+        from medvit.reporting.calibrate import calibrate_frame
+
+        frame = calibrate_frame(frame, class_names, info)
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.8g")
     atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,231 @@
+"""Post-hoc calibration of a run on its validation split: temperature, conformal threshold, operating points.
+
+:func:`calibrate_run` fits, on ``predictions_val.csv``:
+
+1. a temperature ``T`` (:func:`medvit.metrics.calibration.fit_temperature`),
+2. the split-conformal score threshold of the temperature-scaled probabilities,
+3. per clinical question, the thresholds for the target sensitivities and Youden's J,
+
+stores them as ``model.json["calibration"]`` and rewrites the run's prediction files with the
+scaled probabilities and a ``prediction_set`` column. Everything that reads a run
+(evaluate, explain, the page, exports) applies the same record through :func:`calibrate_frame`
+or :func:`calibrated_probabilities`. ``T = 1`` leaves probabilities bit for bit as they were.
+
+A predictions file records the temperature its ``prob_*`` columns carry (column ``temperature``,
+absent = 1), so the unscaled probabilities can always be recovered for "before" figures.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medvit.metrics.calibration import apply_temperature, fit_temperature, log_probabilities, nll
+from medvit.metrics.conformal import conformal_quantile, format_set, prediction_sets
+from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
+from medvit.reporting.questions import run_questions
+from medvit.run_dir import MODEL_JSON, atomic_write_text, predictions_filename, read_model_info
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "calibrate_frame",
+    "calibrate_run",
+    "calibrated_probabilities",
+    "fit_calibration",
+    "prediction_set_names",
+    "probability_columns",
+    "run_temperature",
+    "unscaled_probabilities",
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.1
+DEFAULT_METHOD = "lac"
+TEMPERATURE_COLUMN = "temperature"
+SET_COLUMN = "prediction_set"
+
+
+def probability_columns(frame: pd.DataFrame, class_names: Sequence[str], where: str | Path = "predictions") -> np.ndarray:
+    """The (N, K) ``prob_<class>`` columns of a predictions frame.
+
+    Raises:
+        ValueError: a class column is missing (the file belongs to another run).
+    """
+    columns = [f"prob_{name}" for name in class_names]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{where}: missing columns {missing}; re-run 'medvit evaluate' with this run")
+    return frame[columns].to_numpy(dtype=np.float64)
+
+
+def unscaled_probabilities(frame: pd.DataFrame, class_names: Sequence[str], where: str | Path = "predictions") -> np.ndarray:
+    """The model's own (``T = 1``) probabilities of a predictions frame, undoing its ``temperature`` column."""
+    probs = probability_columns(frame, class_names, where)
+    if TEMPERATURE_COLUMN not in frame.columns:
+        return probs
+    file_t = frame[TEMPERATURE_COLUMN].to_numpy(dtype=np.float64)
+    if np.all(file_t == 1.0):
+        return probs
+    z = log_probabilities(probs) * file_t[:, None]
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def run_temperature(info: Mapping[str, Any]) -> float:
+    """The temperature stored in ``model.json`` (1.0 when the run was never calibrated)."""
+    return float((info.get("calibration") or {}).get("temperature", 1.0))
+
+
+def calibrated_probabilities(probabilities: np.ndarray, info: Mapping[str, Any]) -> np.ndarray:
+    """Apply a run's temperature to its model's probabilities (unchanged for ``T = 1``)."""
+    return apply_temperature(probabilities, run_temperature(info))
+
+
+def prediction_set_names(probabilities: np.ndarray, class_names: Sequence[str], info: Mapping[str, Any]) -> list[str] | None:
+    """``benign|malignant`` per image from the run's conformal record (``None`` if it has none).
+
+    ``probabilities`` must already be temperature-scaled (the record was fitted on those).
+    """
+    conformal = (info.get("calibration") or {}).get("conformal")
+    if not conformal:
+        return None
+    q = float("inf") if conformal.get("q") is None else float(conformal["q"])
+    member = prediction_sets(probabilities, q, conformal.get("method", DEFAULT_METHOD))
+    return [format_set(row, class_names) for row in member]
+
+
+def calibrate_frame(frame: pd.DataFrame, class_names: Sequence[str], info: Mapping[str, Any]) -> pd.DataFrame:
+    """A predictions frame with the run's calibration applied: ``prob_*`` scaled by its temperature,
+    a ``temperature`` column (only when ``T != 1``) and ``prediction_set`` (when the run has a
+    conformal record). Without a ``calibration`` record the frame is returned unchanged."""
+    if not info.get("calibration"):
+        return frame
+    out = frame.copy()
+    raw = unscaled_probabilities(frame, class_names)
+    temperature = run_temperature(info)
+    probs = apply_temperature(raw, temperature)
+    for c, name in enumerate(class_names):
+        out[f"prob_{name}"] = probs[:, c]
+    out = out.drop(columns=[TEMPERATURE_COLUMN, SET_COLUMN], errors="ignore")
+    if temperature != 1.0:
+        out[TEMPERATURE_COLUMN] = temperature
+    sets = prediction_set_names(probs, class_names, info)
+    if sets is not None:
+        out[SET_COLUMN] = sets
+    return out
+
+
+def fit_calibration(
+    val: pd.DataFrame,
+    info: Mapping[str, Any],
+    alpha: float = DEFAULT_ALPHA,
+    method: str = DEFAULT_METHOD,
+    sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
+) -> dict[str, Any]:
+    """The ``calibration`` record of a run from its validation predictions (nothing is written).
+
+    Raises:
+        ValueError: empty validation predictions, bad ``alpha``/``method``.
+    """
+    class_names = [str(c) for c in info["class_names"]]
+    labels = val["label"].to_numpy(dtype=np.int64)
+    raw = unscaled_probabilities(val, class_names, "validation predictions")
+    temperature = fit_temperature(labels, raw)
+    scaled = apply_temperature(raw, temperature)
+    record: dict[str, Any] = {
+        "fitted_on": "val",
+        "n_val": int(labels.size),
+        "temperature": temperature,
+        "val_nll_before": nll(labels, raw),
+        "val_nll_after": nll(labels, scaled),
+        "conformal": {
+            "method": method,
+            "alpha": float(alpha),
+            "q": conformal_quantile(labels, scaled, alpha, method),  # type: ignore[arg-type]
+        },
+        "questions": [],
+    }
+    if not np.isfinite(record["conformal"]["q"]):
+        record["conformal"]["q"] = None  # too few validation images: every class in every set
+    for question in run_questions(info):
+        positive = np.isin(labels, [class_names.index(c) for c in question.positive_classes])
+        entry: dict[str, Any] = {"name": question.name, "positive_classes": list(question.positive_classes)}
+        try:
+            points = choose_thresholds(positive, binary_scores(scaled, class_names, question.positive_classes), sensitivities)
+            entry["operating_points"] = [asdict(p) for p in points]
+        except ValueError as error:
+            _logger.warning("question %r: no operating points (%s)", question.name, error)
+            entry["operating_points"] = []
+        record["questions"].append(entry)
+    return record
+
+
+def _ensure_val_predictions(run_dir: Path, device: str) -> Path:
+    path = run_dir / predictions_filename("val")
+    if not path.is_file():
+        from medvit.train.evaluate import evaluate_run
+
+        _logger.info("%s not found: predicting the validation split", path)
+        evaluate_run(run_dir, split="val", device=device)
+    return path
+
+
+def _write_frame(path: Path, frame: pd.DataFrame) -> None:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.8g")
+    atomic_write_text(path, buffer.getvalue())
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    alpha: float = DEFAULT_ALPHA,
+    method: str = DEFAULT_METHOD,
+    sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
+    device: str = "auto",
+) -> float:
+    """Fit a run's calibration on its validation split, store it in ``model.json`` and return ``T``.
+
+    ``predictions_val.csv`` is computed first (``medvit evaluate RUN --split val``) when missing.
+    The run's prediction files (test, val, train) are rewritten with the scaled probabilities and
+    the prediction sets; run ``medvit report RUN`` afterwards for the report.
+
+    Args:
+        run_dir: a run directory (or an exported demo model with its config).
+        alpha: conformal miscoverage (0.1: sets hold the true class for >= 90 % of images).
+        method: conformal score, ``lac`` or ``aps``.
+        sensitivities: target sensitivities of the operating points.
+        device: for predicting the validation split when it is missing.
+
+    Raises:
+        FileNotFoundError: not a run directory, or no validation data to predict.
+    """
+    run_dir = Path(run_dir)
+    info = read_model_info(run_dir)
+    class_names = [str(c) for c in info["class_names"]]
+    val_path = _ensure_val_predictions(run_dir, device)
+    val = pd.read_csv(val_path)
+    info["calibration"] = fit_calibration(val, info, alpha, method, sensitivities)
+    if "questions" not in info:
+        info["questions"] = [{"name": q["name"], "positive_classes": q["positive_classes"]} for q in info["calibration"]["questions"]]
+    atomic_write_text(run_dir / MODEL_JSON, json.dumps(info, indent=2))
+    for split in ("test", "val", "train"):
+        path = run_dir / predictions_filename(split)
+        if path.is_file():
+            frame = pd.read_csv(path)
+            _write_frame(path, calibrate_frame(frame, class_names, info))
+    record = info["calibration"]
+    _logger.info(
+        "%s: T = %.4f (val NLL %.4f -> %.4f), conformal q = %s", run_dir, record["temperature"],
+        record["val_nll_before"], record["val_nll_after"], record["conformal"]["q"],
+    )
+    return float(record["temperature"])
+

@@ -1,0 +1,151 @@
+"""External validation: a run evaluated on another manifest (a second site), reported in its own folder.
+
+``medvit evaluate RUN --manifest OTHER.csv --root R --split all --out DIR`` writes ``DIR/predictions.csv``
+and ``DIR/model.json`` (the run's record plus an ``external`` block naming the data); ``medvit report DIR``
+then writes ``DIR/report/`` with the run's validation-fitted calibration, thresholds and sets applied
+to the new data. The run directory itself is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from medvit.run_dir import MODEL_JSON, PREDICTIONS_CSV, atomic_write_text, read_model_info
+
+__all__ = ["check_external_classes", "evaluate_external", "external_markdown", "external_record"]
+
+_logger = logging.getLogger(__name__)
+
+
+def _manifest_classes(manifest: Path) -> tuple[list[str], str]:
+    """Class names (label order) and dataset kind of a manifest, from its side JSON or its rows."""
+    from medvit.data.manifest import manifest_info_path, read_manifest, read_manifest_info
+
+    if manifest_info_path(manifest).is_file():
+        side = read_manifest_info(manifest)
+        if side.get("class_names"):
+            return [str(c) for c in side["class_names"]], str(side.get("dataset", "folder"))
+    frame = read_manifest(manifest)
+    pairs = frame[["label", "label_name"]].drop_duplicates().astype({"label": int}).sort_values("label")
+    return [str(n) for n in pairs["label_name"]], "unknown"
+
+
+def check_external_classes(info: Mapping[str, Any], manifest: str | Path) -> tuple[list[str], str]:
+    """The manifest's classes and dataset kind, checked against the run's classes.
+
+    Raises:
+        FileNotFoundError: no such manifest.
+        ValueError: the classes (or their order) differ from the run's; the message names both lists.
+    """
+    manifest = Path(manifest)
+    classes, dataset = _manifest_classes(manifest)
+    run_classes = [str(c) for c in info["class_names"]]
+    if classes != run_classes:
+        raise ValueError(
+            f"{manifest}: classes {classes} differ from the run's {run_classes}; external data must have the same "
+            "classes in the same order (prepare it with folders named like the run's classes)"
+        )
+    return classes, dataset
+
+
+def external_record(info: Mapping[str, Any], manifest: str | Path, root: str | Path, split: str, n_images: int) -> dict[str, Any]:
+    """The ``external`` block of ``DIR/model.json``: what data the predictions are on."""
+    from medvit.data.manifest import manifest_hash
+
+    _, dataset = check_external_classes(info, manifest)
+    own = str(info.get("manifest_hash", "")) == manifest_hash(manifest)
+    return {
+        "manifest": str(manifest),
+        "manifest_hash": manifest_hash(manifest),
+        "root": str(root),
+        "dataset": dataset,
+        "split": split,
+        "n_images": int(n_images),
+        "same_manifest_as_training": own,
+        "same_dataset_kind": dataset == info.get("dataset"),
+        "run_dataset": info.get("dataset"),
+    }
+
+
+def prepare_external_dir(run_dir: str | Path, out_dir: str | Path, manifest: str | Path) -> dict[str, Any]:
+    """Check the manifest against the run and create ``DIR``; returns the run's ``model.json``.
+
+    Raises:
+        ValueError: ``DIR`` is the run directory, or the classes differ (both lists named).
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    info = read_model_info(run_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise ValueError(f"--out {out_dir} is the run directory; external results go into a folder of their own")
+    check_external_classes(info, manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return info
+
+
+def write_external_info(out_dir: str | Path, info: Mapping[str, Any], record: Mapping[str, Any], run_dir: str | Path) -> Path:
+    """``DIR/model.json``: the run's record with ``external`` (data) and ``source_run`` added."""
+    path = Path(out_dir) / MODEL_JSON
+    atomic_write_text(path, json.dumps({**info, "external": dict(record), "source_run": str(run_dir)}, indent=2))
+    return path
+
+
+def external_markdown(info: Mapping[str, Any]) -> str:
+    """The report's statement of what external data it is on (empty for a run's own report)."""
+    ext = info.get("external")
+    if not ext:
+        return ""
+    if ext.get("same_manifest_as_training"):
+        kind = "the run's own manifest (not external data)"
+    elif ext.get("same_dataset_kind"):
+        kind = f"external data of the same dataset kind ({ext['dataset']})"
+    else:
+        kind = (
+            f"external data of another dataset kind ({ext['dataset']}; the run was trained on "
+            f"{ext.get('run_dataset')}) with the same classes"
+        )
+    return "\n".join(
+        [
+            "## External validation",
+            "",
+            f"These predictions are on {kind}: manifest `{ext['manifest']}` (sha256 `{ext['manifest_hash'][:16]}…`), "
+            f"split `{ext['split']}`, {ext['n_images']} images, model from `{info.get('source_run', '?')}`. "
+            "Temperature, thresholds and prediction sets come from the run's own validation split.",
+            "",
+        ]
+    )
+
+
+
+def evaluate_external(
+    run_dir: str | Path,
+    manifest: str | Path,
+    root: str | Path,
+    out_dir: str | Path,
+    split: str = "all",
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> Path:
+    """Predict ``split`` of another manifest with a run's model into ``out_dir`` (never the run directory).
+
+    Writes ``DIR/predictions.csv`` (the run's temperature and prediction sets applied) and
+    ``DIR/model.json`` with the ``external`` block; ``medvit report DIR`` reports it.
+
+    Raises:
+        ValueError: classes differ from the run's (both lists named), or ``out_dir`` is the run.
+    """
+    import pandas as pd
+
+    from medvit.train.evaluate import evaluate_run
+
+    out_dir = Path(out_dir)
+    info = prepare_external_dir(run_dir, out_dir, manifest)
+    path = evaluate_run(run_dir, manifest=manifest, root=root, split=split, batch_size=batch_size, device=device,
+                        out=out_dir / PREDICTIONS_CSV)
+    n_images = len(pd.read_csv(path))
+    record = external_record(info, manifest, root, split, n_images)
+    write_external_info(out_dir, info, record, run_dir)
+    _logger.info("%s: %d images of %s (%s)", out_dir, n_images, manifest, record["dataset"])
+    return out_dir
