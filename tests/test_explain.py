@@ -25,7 +25,9 @@ from medvit.explain import (
     summarize_scores,
 )
 from medvit.explain.cam import stage_grid_size, stage_reshape_transform
-from medvit.models import create_model, list_models, pyramid_stages, to_nchw
+from medvit.models import create_model, list_models, pyramid_stages
+
+from tiny_pyramid import TinyPyramid, _quadrant_image
 
 # Larger variants share their family's code with the light one that runs in the fast set.
 _SLOW = {
@@ -73,64 +75,6 @@ def test_stage_cams_equal_per_layer_pytorch_grad_cam(name: str) -> None:
 
 
 # --- a hand-made 4-stage pyramid: the class evidence is the brightness of one image region ---------------
-
-
-class _TokenStage(nn.Module):
-    """A conv stage whose output is tokens (B, N, C): exercises the NLC path."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).flatten(2).transpose(1, 2)
-
-
-class TinyPyramid(nn.Module):
-    """Strides 4, 8, 16, 32; channel 0 carries the mean brightness, the head reads only channel 0.
-
-    Class 1's logit is the mean of channel 0 of the last stage and class 0's its negative, so the
-    evidence for class 1 sits where the image is bright, at every stage.
-    """
-
-    def __init__(self, tokens: bool = False, channels: int = 4, seed: int = 0) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        convs = [nn.Conv2d(3, channels, 4, stride=4)] + [nn.Conv2d(channels, channels, 2, stride=2) for _ in range(3)]
-        with torch.no_grad():
-            for i, conv in enumerate(convs):
-                conv.weight.copy_(0.05 * torch.randn(conv.weight.shape, generator=generator).abs())
-                conv.bias.zero_()
-                conv.weight[0].zero_()
-                conv.weight[0, : (3 if i == 0 else 1)] = 1.0 / conv.weight[0, 0].numel() / (3 if i == 0 else 1)
-        self.tokens = tokens
-        self.output_fmt = "NLC" if tokens else "NCHW"
-        self.stages = nn.ModuleList([_TokenStage(c) if tokens else c for c in convs])
-        self.head = nn.Linear(channels, 2)
-        with torch.no_grad():
-            self.head.weight.zero_()
-            self.head.weight[1, 0], self.head.weight[0, 0] = 1.0, -1.0
-            self.head.bias.zero_()
-        self.num_classes = 2
-        self.feature_info = [
-            dict(num_chs=channels, reduction=2 ** (i + 2), module=f"stages.{i}") for i in range(4)
-        ]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        for i, stage in enumerate(self.stages):
-            x = torch.relu(stage(x))
-            if self.tokens:
-                x = to_nchw(x, "NLC", stage_grid_size((height, width), 2 ** (i + 2)))
-        return self.head(x.mean(dim=(2, 3)))
-
-
-def _quadrant_image(quadrant: int, size: tuple[int, int] = (64, 96)) -> torch.Tensor:
-    height, width = size
-    image = torch.zeros(1, 3, height, width)
-    top, left = (quadrant // 2) * height // 2, (quadrant % 2) * width // 2
-    image[:, :, top + 4 : top + height // 2 - 4, left + 4 : left + width // 2 - 4] = 1.0
-    return image
 
 
 def _quadrant_masses(cam: np.ndarray) -> list[float]:
@@ -317,28 +261,6 @@ def test_overlay_and_grid() -> None:
 # --- CLI ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def tiny_run(tmp_path):
-    """A run directory of an untrained EfficientNet-Lite0 (3 classes, 64x64)."""
-    from medvit.run_dir import save_run_weights
-
-    run = tmp_path / "run"
-    run.mkdir()
-    model = create_model("tf_efficientnet_lite0", num_classes=3)
-    save_run_weights(model, run / "best.safetensors")
-    info = {
-        "model": "tf_efficientnet_lite0",
-        "class_names": ["benign", "malignant", "normal"],
-        "image_size": [64, 64],
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-        "dataset": "busi",
-        "preset": "ultrasound",
-    }
-    (run / "model.json").write_text(json.dumps(info))
-    return run
-
-
 def test_cli_explain_image_with_mask(tiny_run, tmp_path) -> None:
     from medvit.cli import main
 
@@ -356,7 +278,7 @@ def test_cli_explain_image_with_mask(tiny_run, tmp_path) -> None:
     assert record["target"]["name"] == "malignant" and record["target"]["index"] == 1
     assert set(record["probabilities"]) == {"benign", "malignant", "normal"}
     assert [s["stride"] for s in record["stages"]] == [4, 8, 16, 32]
-    assert record["stages"][0]["resolution"] == [16, 16] and record["stages"][0]["shape"] == [24, 16, 16]
+    assert record["stages"][0]["resolution"] == [16, 16] and record["stages"][0]["shape"] == [8, 16, 16]  # 64x64 in
     assert set(record["stages"][2]["localization"]) == {"pointing", "energy", "iou"}
     assert Image.open(out / "case_1_stage1.png").size == (64, 64)
     assert main(argv + ["--target", "tumour"]) == 1
@@ -364,16 +286,12 @@ def test_cli_explain_image_with_mask(tiny_run, tmp_path) -> None:
     assert main(["explain", str(tiny_run), str(tmp_path / "broken.png"), "--out", str(out)]) == 1
 
 
-def test_cli_explain_scores_over_a_split(tiny_run, tmp_path) -> None:
+def test_cli_explain_scores_over_a_split(tiny_run, synthetic_busi, tmp_path) -> None:
     from medvit.cli import main
-    from medvit.data.manifest import prepare_manifest
-    from medvit.data.synthetic import make_synthetic
 
-    raw = make_synthetic(tmp_path / "raw", "busi", per_class=4, seed=0)
-    manifest = tmp_path / "busi.csv"
-    prepare_manifest("busi", raw, manifest, seed=0, val=0.25, test=0.25, num_workers=1)
     out = tmp_path / "scores"
-    assert main(["explain", str(tiny_run), "--manifest", str(manifest), "--scores", "--split", "test", "--out", str(out)]) == 0
+    manifest = synthetic_busi["manifest"]
+    assert main(["explain", str(tiny_run), "--manifest", manifest, "--scores", "--split", "test", "--out", str(out)]) == 0
     import pandas as pd
 
     table = pd.read_csv(out / "localization_test.csv")

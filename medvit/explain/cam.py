@@ -55,13 +55,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-CAM_METHODS: Mapping[str, type[BaseCAM]] = MappingProxyType(
-    dict(zip(CAM_METHOD_NAMES, (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM), strict=True))
-)
-"""Method name (:data:`medvit.explain.options.CAM_METHOD_NAMES`) -> the pytorch-grad-cam class whose
-per-layer maths it uses."""
-
-
 @dataclass
 class StageCams:
     """Prediction and one class activation map per pyramid stage for one image.
@@ -73,6 +66,7 @@ class StageCams:
         stages: The :class:`~medvit.models.StageInfo` of each map.
         method: The :data:`CAM_METHODS` name used.
         grid_sizes: Each stage's feature grid ``(h, w)`` before upsampling.
+        logits: The model's raw outputs, (K,) (for calibrated probabilities).
     """
 
     probabilities: np.ndarray
@@ -81,6 +75,7 @@ class StageCams:
     stages: list[StageInfo]
     method: str = "gradcam"
     grid_sizes: list[tuple[int, int]] = field(default_factory=list)
+    logits: np.ndarray | None = None
 
 
 def stage_grid_size(input_size: Sequence[int], reduction: int) -> tuple[int, int] | None:
@@ -326,15 +321,22 @@ class StageEigenCAM(StageCAM, EigenCAM):
 
 
 _STAGE_CLASSES: Mapping[str, type[StageCAM]] = MappingProxyType(
-    {
-        "gradcam": StageGradCAM,
-        "gradcam++": StageGradCAMPlusPlus,
-        "xgradcam": StageXGradCAM,
-        "hirescam": StageHiResCAM,
-        "layercam": StageLayerCAM,
-        "eigencam": StageEigenCAM,
-    }
+    dict(
+        zip(
+            CAM_METHOD_NAMES,
+            (StageGradCAM, StageGradCAMPlusPlus, StageXGradCAM, StageHiResCAM, StageLayerCAM, StageEigenCAM),
+            strict=True,
+        )
+    )
 )
+"""The one method table: name (:data:`medvit.explain.options.CAM_METHOD_NAMES`, menu order) -> its
+:class:`StageCAM` class."""
+
+CAM_METHODS: Mapping[str, type[BaseCAM]] = MappingProxyType(
+    {name: stage_class.__bases__[-1] for name, stage_class in _STAGE_CLASSES.items()}
+)
+"""Method name -> the pytorch-grad-cam class whose per-layer maths it uses (each :class:`StageCAM`
+subclass's last base, e.g. ``"gradcam"`` -> ``GradCAM``)."""
 
 
 def stage_cam_class(method: str) -> type[StageCAM]:
@@ -421,6 +423,7 @@ def compute_stage_cams(
         stages=stages,
         method=method,
         grid_sizes=grid_sizes,
+        logits=logits[0].numpy(),
     )
 
 
