@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "app" / "streamlit_app.py"
 EMBEDDED = REPO / "app" / "demo_models"
 SAMPLES = REPO / "app" / "samples"
-DATASETS = ("busi", "ham10000", "eyepacs")
 
 
 def _png(image: Image.Image) -> bytes:
@@ -54,17 +53,6 @@ def busi_sample() -> demo.Sample:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_embedded_default_model_per_dataset(entries):
-    for dataset in DATASETS:
-        default = demo.default_run(entries, dataset)
-        assert default is not None and default.is_embedded and default.is_default, dataset
-        assert default.model_name == "tf_efficientnet_lite0"
-        assert (default.path / "best.safetensors").stat().st_size < 8 * 2**20  # fp16 export
-        assert sum(e.is_default for e in entries if e.dataset == dataset) == 1
-    busi_models = {e.model_name for e in entries if e.dataset == "busi"}
-    assert {"tf_efficientnet_lite0", "vvt_tiny", "acc_vit_tiny"} <= busi_models
-
-
 def test_discover_runs_lists_runs_folder_including_broken(tmp_path):
     good = tmp_path / "runs" / "grid" / "busi_copy"
     shutil.copytree(demo.default_run(demo.discover_runs(None, EMBEDDED), "busi").path, good)
@@ -79,21 +67,6 @@ def test_discover_runs_lists_runs_folder_including_broken(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         demo.load_demo_model(broken)
     assert demo.discover_runs(tmp_path / "missing", tmp_path / "no_models") == []
-
-
-def test_samples_catalogue():
-    samples = demo.load_samples(SAMPLES)
-    for dataset in DATASETS:
-        labels = {s.label for s in samples if s.dataset == dataset}
-        default = demo.default_run(demo.discover_runs(None, EMBEDDED), dataset)
-        info = json.loads((default.path / "model.json").read_text())
-        assert labels == set(info["class_names"]), dataset
-    busi = [s for s in samples if s.dataset == "busi"]
-    assert all(s.mask for s in busi)
-    assert not any(s.seen_in_training for s in samples)
-    total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
-    assert total < 4 * 2**20
-    assert (SAMPLES / "ATTRIBUTION.md").is_file()
 
 
 @pytest.mark.parametrize(
