@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -150,3 +151,98 @@ def test_our_families_adapt_the_head(name: str, tmp_path: Path, caplog) -> None:
     for key, tensor in loaded.items():
         if not key.startswith(head):
             assert torch.equal(tensor, expected[key]), key
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub names through a Hugging Face cache built here (no network)
+# ---------------------------------------------------------------------------------------------
+
+_REVISION = "0" * 39 + "1"
+
+
+def _cache_repo(hub: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """Write ``files`` in huggingface_hub's cache layout: models--ORG--NAME/{refs/main, snapshots/REV/}."""
+    folder = hub / f"models--{repo_id.replace('/', '--')}"
+    snapshot = folder / "snapshots" / _REVISION
+    snapshot.mkdir(parents=True)
+    for name, payload in files.items():
+        (snapshot / name).write_bytes(payload)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(_REVISION)
+    return snapshot
+
+
+def _safetensors_bytes(model: torch.nn.Module, path: Path) -> bytes:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch) -> Path:
+    """An offline hub cache under HF_HOME=tmp_path/hf; any socket connection fails the test."""
+    import socket
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was touched")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    return tmp_path / "hf" / "hub"
+
+
+def test_hub_names_load_from_the_cache_with_their_pretrained_cfg(hub: Path, tmp_path: Path) -> None:
+    from medvit.models.pretrained import describe_pretrained
+
+    torch.manual_seed(2)
+    imagenet = create_model(SMALL, num_classes=1000).eval()
+    config = {"architecture": SMALL, "num_classes": 1000,
+              "pretrained_cfg": {"tag": "d2_in1k", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": [3, 256, 256]}}
+    snapshot = _cache_repo(hub, "timm/convnext_atto.d2_in1k", {
+        "model.safetensors": _safetensors_bytes(imagenet, tmp_path / "w.safetensors"),
+        "config.json": json.dumps(config).encode(),
+    })
+    x = torch.randn(1, 3, 64, 64)
+    for value in ("hf-hub:timm/convnext_atto.d2_in1k", "convnext_atto.d2_in1k"):
+        model = create_model(SMALL, num_classes=1000, pretrained=value).eval()
+        with torch.no_grad():
+            assert torch.equal(model(x), imagenet(x))
+        data_config = timm.data.resolve_model_data_config(model)
+        assert data_config["mean"] == (0.5, 0.5, 0.5) and data_config["std"] == (0.25, 0.25, 0.25)
+        assert data_config["input_size"] == (3, 256, 256)
+        assert describe_pretrained(value, SMALL) == {
+            "pretrained": value,
+            "pretrained_sha256": sha256_file(snapshot / "model.safetensors"),
+            "pretrained_description": "timm weights timm/convnext_atto.d2_in1k (Hugging Face hub cache)",
+            "pretrained_mean": [0.5, 0.5, 0.5],
+            "pretrained_std": [0.25, 0.25, 0.25],
+            "pretrained_input_size": [3, 256, 256],
+        }
+    adapted = create_model(SMALL, num_classes=3, pretrained="convnext_atto.d2_in1k")
+    assert adapted.head.fc.weight.shape == (3, 320)
+    with pytest.raises(ValueError, match="holds 'convnext_atto' weights, not 'convnext_femto'"):
+        create_model("convnext_femto", pretrained="hf-hub:timm/convnext_atto.d2_in1k")
+
+
+def test_hub_tag_without_config_takes_timms_pretrained_cfg(hub: Path, tmp_path: Path) -> None:
+    from medvit.models.pretrained import describe_pretrained
+
+    femto = create_model("convnext_femto", num_classes=1000)
+    _cache_repo(hub, "timm/convnext_femto.d1_in1k", {"model.safetensors": _safetensors_bytes(femto, tmp_path / "f.safetensors")})
+    described = describe_pretrained("convnext_femto.d1_in1k", "convnext_femto")
+    expected = timm.models.get_pretrained_cfg("convnext_femto.d1_in1k")
+    assert described["pretrained_mean"] == pytest.approx(list(expected.mean))
+    assert described["pretrained_input_size"] == list(expected.input_size)
+
+
+def test_hub_name_missing_offline_says_what_to_fetch_and_where(hub: Path) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        create_model("convnext_pico", pretrained="hf-hub:timm/convnext_pico.d1_in1k")
+    message = str(error.value)
+    assert "model.safetensors of the Hugging Face repository 'timm/convnext_pico.d1_in1k'" in message
+    assert "HF_HUB_OFFLINE=1" in message and str(hub) in message and "models--timm--convnext_pico.d1_in1k" in message
+    with pytest.raises(FileNotFoundError, match="hub name"):
+        create_model(SMALL, pretrained="no_such_file.safetensors")

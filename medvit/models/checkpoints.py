@@ -8,14 +8,18 @@ does: VVT's official keys (``medvit.models.vvt``), ACC-ViT's (``medvit.models.ac
 baselines (e.g. ``timm.models.swin_transformer.checkpoint_filter_fn``) and the lukemelas-style
 EfficientNet-Lite keys (``medvit.models.efficientnet_lite``). A classifier of another shape is
 dropped and re-initialised, with a warning; any other missing key or shape mismatch is an error.
+
+Weights named by the Hugging Face hub (``hf-hub:timm/convnext_tiny.fb_in1k``) are files of the local
+hub cache (``HF_HOME``), found by :func:`hub_cached_file` without touching the network.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -26,7 +30,7 @@ from torch import nn
 from medvit.hashing import sha256_file  # re-exported: medvit.models.sha256_file
 from medvit.models import efficientnet_lite
 
-__all__ = ["load_pretrained", "read_state_dict", "sha256_file", "checkpoint_filter_for"]
+__all__ = ["HUB_WEIGHT_FILES", "checkpoint_filter_for", "hub_cache_dir", "hub_cached_file", "load_pretrained", "read_state_dict", "sha256_file"]
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +39,59 @@ _PREFIXES = ("module.", "_orig_mod.")
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 FilterFn = Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]]
+
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""Weights files of a timm repository on the Hugging Face hub, in order of preference."""
+_OFFLINE_OFF = ("0", "false", "no", "off")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else huggingface_hub's default.
+
+    Read from the environment at each call (``huggingface_hub.constants`` is fixed at import).
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_cached_file(repo_id: str, filenames: Sequence[str] = HUB_WEIGHT_FILES, revision: str | None = None) -> Path:
+    """The first of ``filenames`` of hub repository ``repo_id`` found in the local hub cache.
+
+    Only when ``HF_HUB_OFFLINE`` is explicitly off (``0``) and the file is not cached is it
+    downloaded into the cache (``huggingface_hub.hf_hub_download``); ``create_model`` sets
+    ``HF_HUB_OFFLINE=1`` when it is unset, so by default nothing is fetched.
+
+    Args:
+        repo_id: e.g. ``timm/convnext_tiny.fb_in1k``.
+        filenames: candidates, in order of preference.
+        revision: branch, tag or commit (default ``main``).
+
+    Raises:
+        FileNotFoundError: none is cached and downloading is off; the message names the repository,
+            the file and the cache folder to put it in.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cache = hub_cache_dir()
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    if os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() in _OFFLINE_OFF:
+        return Path(hf_hub_download(repo_id, filenames[0], revision=revision, cache_dir=cache))
+    folder = cache / f"models--{repo_id.replace('/', '--')}"
+    raise FileNotFoundError(
+        f"{filenames[0]} of the Hugging Face repository {repo_id!r} is not in the hub cache {cache} and "
+        f"HF_HUB_OFFLINE=1 forbids downloading. On a machine with internet run "
+        f"`hf download {repo_id} {filenames[0]}` (or python -c \"from huggingface_hub import hf_hub_download; "
+        f"hf_hub_download('{repo_id}', '{filenames[0]}')\"), then copy its cache folder {folder.name}/ into {cache}/ "
+        f"here (or point HF_HOME at a folder whose hub/ holds it); or allow downloads with HF_HUB_OFFLINE=0"
+    )
 
 
 def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:

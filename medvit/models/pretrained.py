@@ -8,8 +8,13 @@ Accepted values (``create_model(name, pretrained=VALUE)`` and the ``pretrained``
 - a ``medvit pretrain`` run directory (or its ``backbone.safetensors``): the distilled backbone; the
   run's student must be the model asked for.
 - any other ``.safetensors`` / ``.pth`` file.
+- ``hf-hub:ORG/REPO`` (e.g. ``hf-hub:timm/convnext_tiny.fb_in1k``) or a timm tag
+  (``convnext_tiny.fb_in1k``): the repository's ``model.safetensors`` from the local Hugging Face hub
+  cache (:func:`medvit.models.checkpoints.hub_cached_file`; ``HF_HOME`` and ``HF_HUB_OFFLINE=1``
+  honoured); mean, std and input size come from the repository's ``config.json`` when cached, else
+  from timm's ``pretrained_cfg`` of the tag.
 
-Nothing is downloaded.
+Nothing is downloaded unless ``HF_HUB_OFFLINE=0`` is set explicitly.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medvit.hashing import sha256_file
 from medvit.models import efficientnet_lite
-from medvit.models.checkpoints import sha256_file
+from medvit.models.checkpoints import HUB_WEIGHT_FILES, hub_cache_dir, hub_cached_file
 
 __all__ = [
     "PRETRAIN_KIND",
@@ -40,6 +46,8 @@ PRETRAIN_WEIGHTS = "backbone.safetensors"
 """The distilled backbone of a pretrain run (no adapters, no classifier)."""
 _RUN_INFO = "model.json"  # the run description file, as medvit.run_dir.MODEL_JSON
 _BUNDLED_PREFIX = "bundled:"
+_HUB_PREFIX = "hf-hub:"
+_DATA_KEYS = ("mean", "std", "input_size")  # of a pretrained_cfg, recorded in model.json
 
 
 @dataclass(frozen=True)
@@ -47,11 +55,14 @@ class PretrainedSource:
     """A resolved ``pretrained`` value.
 
     Attributes:
-        kind: ``none``, ``bundled``, ``pretrain_run`` or ``file``.
-        value: the portable form to record (``bundled:NAME``; paths as the user gave them).
+        kind: ``none``, ``bundled``, ``pretrain_run``, ``file`` or ``hub``.
+        value: the portable form to record (``bundled:NAME``; paths, hub names and tags as given).
         weights: the file to load, or None for random init.
         description: one human sentence ("random initialisation", "ImageNet (bundled ...)").
         run_info: ``model.json`` of a pretrain run (empty otherwise).
+        pretrained_cfg: for hub weights, timm's ``pretrained_cfg`` of the repository (mean, std,
+            input size, ...); ``create_model`` builds the model with it, so
+            ``timm.data.resolve_model_data_config(model)`` gives the weights' normalisation.
     """
 
     kind: str
@@ -59,6 +70,7 @@ class PretrainedSource:
     weights: Path | None
     description: str
     run_info: dict = field(default_factory=dict)
+    pretrained_cfg: dict = field(default_factory=dict)
 
 
 def weights_file_hint(name: str) -> str:
@@ -132,6 +144,57 @@ def _pretrain_run(value: str, run_dir: Path, info: dict[str, Any], model_name: s
     return PretrainedSource("pretrain_run", value, weights, _pretrain_description(info), info)
 
 
+def _timm_cfg(tag: str) -> dict[str, Any]:
+    """timm's built-in ``pretrained_cfg`` of ``arch.tag`` as a dict (empty when timm has none)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(tag)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def _repo_cfg(repo_id: str) -> dict[str, Any]:
+    """The ``config.json`` of a cached hub repository (timm's layout), or an empty dict."""
+    try:
+        path = hub_cached_file(repo_id, ("config.json",))
+    except FileNotFoundError:
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); delete it from the hub cache and fetch it again") from error
+
+
+def _hub(value: str, repo_id: str, model_name: str) -> PretrainedSource:
+    """Weights of hub repository ``repo_id`` from the local cache, with their ``pretrained_cfg``."""
+    from timm.models import split_model_name_tag
+
+    repo_cfg = _repo_cfg(repo_id)
+    tag_name = repo_id.split("/", 1)[-1]  # timm/convnext_tiny.fb_in1k -> convnext_tiny.fb_in1k
+    architecture = str(repo_cfg.get("architecture") or split_model_name_tag(tag_name)[0])
+    if architecture != model_name:
+        raise ValueError(
+            f"pretrained={value} holds {architecture!r} weights, not {model_name!r}; set model: {architecture} "
+            f"or choose a {model_name} repository"
+        )
+    cfg = dict(_timm_cfg(tag_name)) if repo_id.startswith("timm/") else {}
+    cfg.update(repo_cfg.get("pretrained_cfg") or {})
+    filename = cfg.get("hf_hub_filename")
+    weights = hub_cached_file(repo_id, (filename,) if filename else HUB_WEIGHT_FILES)
+    cfg = {  # as timm holds them: tuples, not JSON lists
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in cfg.items() if v is not None and k not in ("hf_hub_id", "hf_hub_filename", "url", "file")
+    }
+    return PretrainedSource("hub", value, weights, f"timm weights {repo_id} (Hugging Face hub cache)", pretrained_cfg=cfg)
+
+
+def _hub_repo_of_tag(text: str) -> str | None:
+    """The hub repository of a timm tag such as ``convnext_tiny.fb_in1k`` (None if ``text`` is not one)."""
+    if "." not in text or "/" in text or "\\" in text:
+        return None
+    cfg = _timm_cfg(text)
+    return cfg.get("hf_hub_id") or None
+
+
 def resolve_pretrained(value: bool | str | Path | None, model_name: str) -> PretrainedSource:
     """Resolve a ``pretrained`` value for model ``model_name`` (see the module docstring).
 
@@ -147,6 +210,8 @@ def resolve_pretrained(value: bool | str | Path | None, model_name: str) -> Pret
     text = str(value)
     if text.startswith(_BUNDLED_PREFIX):
         return _bundled(text[len(_BUNDLED_PREFIX):], model_name)
+    if text.startswith(_HUB_PREFIX):
+        return _hub(text, text[len(_HUB_PREFIX):], model_name)
     path = Path(text)
     if path.is_dir():
         info = read_pretrain_run(path)
@@ -161,9 +226,13 @@ def resolve_pretrained(value: bool | str | Path | None, model_name: str) -> Pret
         if info is not None:
             return _pretrain_run(text, path.parent, info, model_name)
         return PretrainedSource("file", text, path, f"weights from {text}")
+    repo_id = _hub_repo_of_tag(text)
+    if repo_id is not None:
+        return _hub(text, repo_id, model_name)
     raise FileNotFoundError(
         f"{path}: pretrained checkpoint not found; pass an existing .safetensors or .pth file, a `medvit pretrain` "
-        f"run directory, or true for bundled weights ({weights_file_hint(model_name)})"
+        f"run directory, a hub name (hf-hub:timm/ARCH.TAG or the timm tag ARCH.TAG, read from the hub cache "
+        f"{hub_cache_dir()}), or true for bundled weights ({weights_file_hint(model_name)})"
     )
 
 
@@ -174,14 +243,19 @@ def describe_pretrained(value: bool | str | Path | None, model_name: str) -> dic
         ``pretrained`` (portable: ``bundled:NAME``, paths as given, ``None`` for random init),
         ``pretrained_sha256`` (of the weights file, or ``None``) and ``pretrained_description``
         (e.g. "distilled from ImageNet EfficientNet-Lite2 on 1,222 unlabeled training images of busi,
-        eyepacs").
+        eyepacs"); for hub weights also ``pretrained_mean``, ``pretrained_std`` and
+        ``pretrained_input_size`` from the repository's ``pretrained_cfg``.
 
     Raises:
         As :func:`resolve_pretrained`.
     """
     source = resolve_pretrained(value, model_name)
-    return {
+    described: dict[str, Any] = {
         "pretrained": source.value,
         "pretrained_sha256": sha256_file(source.weights) if source.weights is not None else None,
         "pretrained_description": source.description,
     }
+    for key in _DATA_KEYS:
+        if key in source.pretrained_cfg:
+            described[f"pretrained_{key}"] = [float(v) if key != "input_size" else int(v) for v in source.pretrained_cfg[key]]
+    return described

