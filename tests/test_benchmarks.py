@@ -1,4 +1,4 @@
-"""The GPU benchmark script's CPU-side behaviour (the GPU runs themselves are in the README)."""
+"""The GPU benchmark script's CPU-side behaviour (the GPU runs themselves are in docs/benchmarks.md)."""
 
 import importlib.util
 from pathlib import Path

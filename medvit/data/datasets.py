@@ -107,7 +107,7 @@ class DatasetSpec:
         is_ordinal: labels are ordered grades (EyePACS), so QWK is meaningful.
         has_mask: images come with lesion masks (BUSI).
         group_key: what a group is, in words.
-        layout: the expected raw layout, in words (used in error messages and the README).
+        layout: the expected raw layout, in words (used in error messages and docs/data.md).
         questions: the clinical questions reported as operating points (the first is the page's).
         subgroup_columns: reporting-only manifest columns the reader fills (:attr:`RawItem.attributes`).
         reader: ``reader(raw_dir) -> RawScan``.
