@@ -27,6 +27,7 @@ import streamlit as st  # noqa: E402
 from medvit import demo  # noqa: E402
 from medvit.data.images import read_image, read_mask  # noqa: E402
 from medvit.explain import CAM_METHODS, DEFAULT_TOP_FRACTION  # noqa: E402
+from medvit.reporting.decision import decide  # noqa: E402
 from medvit.run_dir import BEST_WEIGHTS  # noqa: E402
 
 _logger = logging.getLogger("medvit.app")
@@ -178,6 +179,18 @@ def show_prediction(explanation: demo.Explanation, sample: demo.Sample | None) -
         st.dataframe(table, hide_index=True, key="probabilities")
 
 
+def show_clinical(explanation: demo.Explanation, info: dict) -> None:
+    """Calibration, prediction set and operating-point decisions for this image, one sentence each."""
+    decision = decide(explanation.probabilities, explanation.class_names, info)
+    st.caption(decision.probability_sentence)
+    if decision.prediction_set is not None:
+        st.markdown(f"**Prediction set:** {decision.set_text}")
+        st.caption(decision.set_sentence)
+    for d in decision.decisions:
+        st.markdown(f"**{'Above' if d.above else 'Below'} the {d.description} for {decision.question}**")
+        st.caption(d.sentence)
+
+
 def show_stages(explanation: demo.Explanation, alpha: float) -> None:
     """The input and the four stage overlays side by side, with stage, stride and resolution."""
     names = explanation.class_names
@@ -277,6 +290,9 @@ def show_model_card(entry: demo.RunEntry) -> None:
             st.dataframe(pd.DataFrame(card.per_class), hide_index=True, key="per-class")
         else:
             st.info("This run has no report/ yet; create one with `medvit report RUN`.")
+        if card.clinical:
+            st.markdown("**Clinical reading** (test set, 95% CIs; thresholds, temperature and sets from validation)")
+            st.table(pd.DataFrame(list(card.clinical.items()), columns=["what", "test set"]).set_index("what"))
 
 
 def main() -> None:
@@ -318,6 +334,7 @@ def main() -> None:
             st.error(f"Cannot explain {name}: {error}")
         else:
             show_prediction(explanation, sample)
+            show_clinical(explanation, model.run.info)
             show_stages(explanation, alpha)
             show_downloads(explanation, alpha, name)
     show_model_card(entry)

@@ -330,3 +330,73 @@ def test_page_survives_a_run_that_does_not_load(tmp_path):
     assert any("does not load" in e.value and "best.safetensors" in e.value for e in at.error)
     at.selectbox(key="run-busi").set_value(demo.default_run(demo.discover_runs(None, EMBEDDED), "busi")).run()
     assert not at.exception and not at.error
+
+
+# ------------------------------------------------------------------------------------------------
+# Clinical reading: calibration, prediction set, operating point (card and page)
+# ------------------------------------------------------------------------------------------------
+
+_CALIBRATION = {
+    "fitted_on": "val", "n_val": 70, "temperature": 0.5,
+    "conformal": {"method": "lac", "alpha": 0.1, "q": 0.7},
+    "questions": [{
+        "name": "malignant", "positive_classes": ["malignant"],
+        "operating_points": [{"name": "sens>=0.95", "description": "95 %-sensitivity threshold", "threshold": 0.2,
+                              "target_sensitivity": 0.95, "val_sensitivity": 0.96, "val_specificity": 0.6}],
+    }],
+}
+
+
+def _calibrated_copy(path: Path, entries) -> Path:
+    """The default BUSI model with a hand-made calibration record and a report that has the clinical sections."""
+    from medvit.report import write_report
+
+    shutil.copytree(demo.default_run(entries, "busi").path, path)
+    info = json.loads((path / "model.json").read_text())
+    (path / "model.json").write_text(json.dumps({**info, "calibration": _CALIBRATION}))
+    write_report(path, n_bootstrap=50)
+    return path
+
+
+def test_image_decision_sentences():
+    from medvit.reporting.decision import decide
+
+    info = {"calibration": _CALIBRATION}
+    d = decide([0.6, 0.3, 0.1], ["benign", "malignant", "normal"], info)
+    assert d.set_text == "benign or malignant"  # LAC: every class with 1 - p <= 0.7
+    assert d.score == pytest.approx(0.3) and [x.above for x in d.decisions] == [True]
+    assert "P(malignant) = 30.0% is above the 95 %-sensitivity threshold for malignant (20.0%)" in d.decisions[0].sentence
+    assert "T = 0.500" in d.probability_sentence and "90%" in d.set_sentence
+    low = decide([0.85, 0.1, 0.05], ["benign", "malignant", "normal"], info)
+    assert low.set_text == "benign" and not low.decisions[0].above
+    plain = decide([0.85, 0.1, 0.05], ["benign", "malignant", "normal"], {})
+    assert plain.prediction_set is None and plain.decisions == [] and "not calibrated" in plain.probability_sentence
+
+
+def test_model_card_shows_clinical_reading(tmp_path, entries):
+    run = _calibrated_copy(tmp_path / "busi_calibrated", entries)
+    card = demo.load_model_card(run)
+    assert card.clinical["Calibration (test ECE, 15 bins)"].startswith("ECE 0.")
+    assert "after (T = 0.500, fitted on validation)" in card.clinical["Calibration (test ECE, 15 bins)"]
+    point = card.clinical["95 %-sensitivity threshold for malignant (t = 0.200)"]
+    assert point.startswith("sensitivity ") and "PPV" in point and "NPV" in point
+    assert card.clinical["Prediction sets (LAC, target coverage 90%)"].startswith("coverage 0.")
+    from medvit.reporting.card import clinical_card
+
+    assert clinical_card({"accuracy": {"value": 0.8}}) == {}  # a report written before the clinical sections
+
+
+@pytest.mark.slow
+def test_page_shows_prediction_set_and_operating_point(tmp_path, entries):
+    run = _calibrated_copy(tmp_path / "runs" / "busi_calibrated", entries)
+    at = _page(tmp_path)
+    entry = next(e for e in demo.discover_runs(tmp_path / "runs", EMBEDDED) if e.path == run)
+    at.selectbox(key="run-busi").set_value(entry).run()
+    assert not at.exception and not at.error
+    texts = [m.value for m in at.markdown]
+    assert any(t.startswith("**Prediction set:** ") for t in texts)
+    assert any("the 95 %-sensitivity threshold for malignant**" in t for t in texts)
+    captions = [c.value for c in at.caption]
+    assert any("temperature-scaled (T = 0.500" in c for c in captions)
+    assert any("held the true class for at least 90%" in c for c in captions)
+    assert any(t.startswith("**Clinical reading**") for t in texts)  # the model card's section

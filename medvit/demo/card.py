@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from medvit.demo.catalog import discover_runs
 from medvit.report import format_estimate, read_summary, summary_estimate
+from medvit.reporting.card import clinical_card
 from medvit.run_dir import read_config, read_metrics, read_model_info, read_selection, split_sizes, training_seconds
 
 __all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
@@ -45,6 +46,8 @@ class ModelCard:
             recall, specificity, f1, auroc, each ``value (low–high)``).
         selection: ``selection.json`` of an embedded model (which candidate run was chosen and why).
         train_seconds: wall-clock training time (the sum of ``metrics.csv``'s ``epoch_time_s``), when logged.
+        clinical: calibration, operating points, prediction-set coverage and worst subgroup, label ->
+            text (:func:`medvit.reporting.card.clinical_card`; empty before ``medvit calibrate`` + report).
     """
 
     backbone: str
@@ -57,6 +60,7 @@ class ModelCard:
     per_class: list[dict[str, str]]
     selection: dict[str, Any] = field(default_factory=dict)
     train_seconds: float | None = None
+    clinical: dict[str, str] = field(default_factory=dict)
 
 
 def load_model_card(path: str | Path) -> ModelCard:
@@ -89,6 +93,7 @@ def load_model_card(path: str | Path) -> ModelCard:
         per_class=_per_class_rows(summary),
         selection=read_selection(path),
         train_seconds=training_seconds(read_metrics(path)),
+        clinical=clinical_card(summary),
     )
 
 

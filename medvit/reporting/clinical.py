@@ -153,11 +153,30 @@ def clinical_summary(
             summary["subgroups"].append(
                 subgroup_table(labels, scaled, subgroups[column].tolist(), column, positive_labels, **boot).to_dict()
             )
+    summary["notes"] += _caveats(summary)
     panels = [(f"before scaling (T = 1): ECE {summary['calibration']['before']['ece']['value']:.3f}", summary["calibration"]["before"]["bins"])]
     if record:
         panels.append((f"after scaling (T = {temperature:.3f}): ECE {summary['calibration']['after']['ece']['value']:.3f}", summary["calibration"]["after"]["bins"]))
     plot_reliability(out_dir / RELIABILITY_PNG, panels, first_question)
     return summary
+
+
+def _caveats(summary: Mapping[str, Any]) -> list[str]:
+    """Plain statements where the reported split disagrees with what validation promised."""
+    notes = []
+    cal = summary["calibration"]
+    if cal["after"] and cal["after"]["nll"]["value"] > cal["before"]["nll"]["value"]:
+        notes.append(
+            f"the validation-fitted temperature raises NLL on these images ({cal['before']['nll']['value']:.3f} -> "
+            f"{cal['after']['nll']['value']:.3f}): validation, which also chose the epoch, is more optimistic than this split"
+        )
+    conf = summary.get("conformal")
+    if conf and conf["coverage"]["high"] is not None and conf["coverage"]["high"] < 1 - conf["alpha"]:
+        notes.append(
+            f"prediction-set coverage {conf['coverage']['value']:.3f} is below its {1 - conf['alpha']:.2f} target even at "
+            "the CI's upper end: the guarantee needs validation and these images to be exchangeable"
+        )
+    return notes
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
