@@ -57,11 +57,13 @@ def _evaluate_into_folder(args: argparse.Namespace) -> int:
         raise ValueError("--out DIR evaluates other data: pass --manifest OTHER.csv and --root RAW_DIR")
     out = evaluate_external(args.run, args.manifest, args.root, args.out, split=args.split,
                             batch_size=args.batch_size, device=args.device)
-    print(out / "predictions.csv")
+    from medvit.run_dir import PREDICTIONS_CSV, ReportFiles
+
+    print(out / PREDICTIONS_CSV)
     if args.report:
         from medvit.report import write_report
 
-        print(write_report(out, n_bootstrap=args.bootstrap) / "index.md")
+        print(write_report(out, n_bootstrap=args.bootstrap) / ReportFiles.index_md)
     return 0
 
 
