@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from medvit import demo
+from medvit.run_dir import read_model_info
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -96,6 +97,12 @@ def test_upload_shows_four_stage_overlays(server, tmp_path):
             for index in range(1, 5):
                 page.locator(f'img[alt="stage {index} overlay"]').wait_for(state="visible")
             page.get_by_text("Predicted class").first.wait_for()
+            # the clinical reading: calibrated (or plainly uncalibrated) probabilities, said in one sentence;
+            # a calibrated run adds the prediction set and the operating-point decision
+            page.get_by_text("Probabilities are ", exact=False).first.wait_for()
+            if "calibration" in read_model_info(demo.default_run(demo.discover_runs(None), "busi").path):
+                page.get_by_text("Prediction set:", exact=False).first.wait_for()
+                page.get_by_text("-sensitivity threshold for malignant", exact=False).first.wait_for()
             page.wait_for_timeout(500)  # let the last images finish painting
             page.screenshot(path=str(screenshot), full_page=True)
             assert page.locator('[data-testid="stException"]').count() == 0
