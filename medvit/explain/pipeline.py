@@ -244,7 +244,7 @@ class Explanation:
 
 
 def _calibrated(cams: StageCams, temperature: float | None) -> np.ndarray:
-    if temperature is None or cams.logits is None:
+    if temperature is None or float(temperature) == 1.0 or cams.logits is None:  # T = 1: today's softmax, bit for bit
         return np.asarray(cams.probabilities, dtype=np.float64)
     logits = np.asarray(cams.logits, dtype=np.float64) / float(temperature)
     logits -= logits.max()
