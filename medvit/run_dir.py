@@ -394,7 +394,8 @@ def export_run(
 ) -> Path:
     """Copy a run's description and report, with ``best.safetensors`` cast to ``dtype`` (or ``"int8"``).
 
-    Copies ``model.json``, ``config.yaml``, ``metrics.csv``, ``predictions.csv`` and ``report/``
+    Copies ``model.json``, ``config.yaml``, ``metrics.csv``, ``predictions.csv``, ``predictions_val.csv``
+    (what ``medvit calibrate`` fits on) and ``report/``
     (those present) and writes ``best.safetensors`` in ``dtype`` (fp16 halves the size; ``load_run``
     casts back to the model's dtype). Training state (``last*``) is not exported.
 
@@ -412,7 +413,7 @@ def export_run(
     if out_dir.resolve() == run_dir.resolve():
         raise ValueError(f"export target {out_dir} is the run directory itself; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV):
+    for name in (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, predictions_filename("val")):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
     if (run_dir / REPORT_DIR).is_dir():
