@@ -150,6 +150,7 @@ def _index_markdown(run_dir: Path, info: dict[str, Any], split: str, metrics: Cl
         "## Model",
         f"- Backbone: `{info['model']}`" + (f" with `{json.dumps(info.get('model_kwargs'))}`" if info.get("model_kwargs") else ""),
         f"- Pretrained weights: {info.get('pretrained') or 'none (random init)'}"
+        + (f", {info['pretrained_description']}" if info.get("pretrained") and info.get("pretrained_description") else "")
         + (f" (sha256 `{info['pretrained_sha256'][:16]}…`)" if info.get("pretrained_sha256") else ""),
         f"- Input: {info['image_size'][0]}×{info['image_size'][1]}, mean {tuple(round(m, 4) for m in info['mean'])}, "
         f"std {tuple(round(s, 4) for s in info['std'])}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -22,6 +23,7 @@ from medvit.pretrain import engine, load_pretrain_config, pretrain, pretrain_con
 
 TINY_VVT = {"embed_dims": [8, 16, 16, 32], "num_heads": [1, 1, 1, 2], "depths": [1, 1, 1, 1], "mlp_ratios": [2, 2, 2, 2]}
 TIME_COLUMNS = ("epoch_time_s", "images_per_s")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -33,15 +35,12 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def pools(tmp_path_factory) -> list[dict]:
-    """Synthetic BUSI and EyePACS (6 images per class each) with manifests: 12 + 14 train rows."""
-    base = tmp_path_factory.mktemp("pools")
-    sources = []
-    for dataset in ("busi", "eyepacs"):
-        make_synthetic(base / dataset, dataset, per_class=6, seed=0)
-        prepare_manifest(dataset, base / dataset, base / f"{dataset}.csv", num_workers=1)
-        sources.append({"manifest": str(base / f"{dataset}.csv"), "root": str(base / dataset)})
-    return sources
+def pools(synthetic_busi, tmp_path_factory) -> list[dict]:
+    """The shared synthetic BUSI (24 train rows) and a synthetic EyePACS (6 per class: 14 train rows)."""
+    base = tmp_path_factory.mktemp("eyepacs")
+    make_synthetic(base / "raw", "eyepacs", per_class=6, seed=0)
+    prepare_manifest("eyepacs", base / "raw", base / "eyepacs.csv", num_workers=1)
+    return [dict(synthetic_busi), {"manifest": str(base / "eyepacs.csv"), "root": str(base / "raw")}]
 
 
 def _config(pools: list[dict], **overrides) -> dict:
@@ -83,7 +82,7 @@ def test_only_train_rows_are_seen(run, pools):
     train_rows = _rows(pools, "train")
     assert run.images_seen <= train_rows
     assert not run.images_seen & (_rows(pools, "val") | _rows(pools, "test"))
-    assert len(run.images_seen) >= 0.9 * len(train_rows)  # 3 epochs of 24 of the 26 images each
+    assert len(run.images_seen) >= 0.9 * len(train_rows)  # 3 epochs of 36 of the 38 images each
 
 
 def test_run_directory_describes_the_run(run, pools):
@@ -95,7 +94,7 @@ def test_run_directory_describes_the_run(run, pools):
     assert info["teacher_weights"] == "bundled:tf_efficientnet_lite0"
     assert info["teacher_sha256"] == sha256_file(bundled_weights_path("tf_efficientnet_lite0"))
     assert [d["manifest_hash"] for d in info["data"]] == [manifest_hash(s["manifest"]) for s in pools]
-    assert info["num_images"] == 26 and info["datasets"] == ["busi", "eyepacs"]
+    assert info["num_images"] == 38 and info["datasets"] == ["busi", "eyepacs"]
     assert info["image_size"] == [64, 64] and info["mean"] == pytest.approx([0.485, 0.456, 0.406])
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns[:7]) == ["epoch", "loss", "stage1", "stage2", "stage3", "stage4", "kl"]
@@ -127,7 +126,7 @@ def test_describe_pretrained(run):
     assert described == {
         "pretrained": str(run.run_dir),
         "pretrained_sha256": sha256_file(run.backbone),
-        "pretrained_description": "distilled from ImageNet EfficientNet-Lite0 on 26 unlabeled training images of busi, eyepacs",
+        "pretrained_description": "distilled from ImageNet EfficientNet-Lite0 on 38 unlabeled training images of busi, eyepacs",
     }
     bundled = describe_pretrained(True, "tf_efficientnet_lite0")
     assert bundled["pretrained"] == "bundled:tf_efficientnet_lite0"
@@ -141,17 +140,35 @@ def test_describe_pretrained(run):
         describe_pretrained(True, "vvt_tiny")
 
 
-def test_finetuning_starts_from_the_distilled_backbone(run, pools, tmp_path):
-    from medvit.train import load_config, train
+def test_finetuning_from_the_backbone_and_the_comparison_table(run, tiny_run, tiny_train_config, tmp_path):
+    """The same recipe as the shared scratch run, started from the distilled backbone; then the docs table."""
+    from medvit.train import train
+    from medvit.train.config import config_from_dict
 
-    overrides = {
-        "model": "vvt_tiny", "model_kwargs": TINY_VVT, "pretrained": str(run.run_dir), "manifest": pools[0]["manifest"],
-        "root": pools[0]["root"], "image_size": 64, "epochs": 1, "batch_size": 4, "device": "cpu", "report": False,
-    }
-    result = train(load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]), tmp_path / "ft")
+    distilled = tmp_path / "distilled"
+    result = train(config_from_dict(tiny_train_config(image_size=64, pretrained=str(run.run_dir))), distilled)
     assert result.epochs_run == 1
-    info = json.loads((tmp_path / "ft" / "model.json").read_text())
-    assert info["pretrained"] == str(run.run_dir)
+    info = json.loads((distilled / "model.json").read_text())
+    assert info["pretrained"] == str(run.run_dir) and info["pretrained_sha256"] == sha256_file(run.backbone)
+    assert "distilled from ImageNet EfficientNet-Lite0 on 38" in (distilled / "report" / "index.md").read_text()
+
+    script = importlib.util.spec_from_file_location("pretrain_comparison", REPO / "experiments" / "pretrain_comparison.py")
+    comparison = importlib.util.module_from_spec(script)
+    script.loader.exec_module(comparison)
+    doc = tmp_path / "pretraining.md"
+    doc.write_text("# Pretraining\n\n<!-- comparison:start -->\nold\n<!-- comparison:end -->\n\nafter\n")
+    assert comparison.main(["--scratch", str(tiny_run), "--distilled", str(distilled), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "old" not in text and text.endswith("<!-- comparison:end -->\n\nafter\n")
+    rows = [line for line in text.splitlines() if line.startswith("| scratch") or line.startswith("| distilled")]
+    assert len(rows) == 2
+    for line, path in zip(rows, (tiny_run, distilled)):
+        summary = json.loads((path / "report" / "summary.json").read_text())
+        bal, auroc = summary["balanced_accuracy"], summary["macro_auroc"]
+        assert f"{bal['value']:.3f} ({bal['low']:.3f}" in line and f"{auroc['value']:.3f} ({auroc['low']:.3f}" in line
+    assert "random initialisation" in rows[0] and "distilled from ImageNet EfficientNet-Lite0" in rows[1]
+    assert "same config except `pretrained`" in text
+    assert comparison.main(["--scratch", str(tiny_run), "--distilled", str(distilled), "--doc", str(tmp_path / "none.md")]) == 1
 
 
 def test_resume_matches_an_uninterrupted_run(pools, tmp_path, monkeypatch):

@@ -127,6 +127,9 @@ def _per_class_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
 def _describe_pretrained(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """Where the initial weights came from: none, the bundled ImageNet weights, or a file (+ SHA-256)."""
     pretrained = info.get("pretrained", config.get("pretrained"))
+    if info.get("pretrained_description"):  # written by medvit.models.pretrained.describe_pretrained
+        sha = info.get("pretrained_sha256")
+        return str(info["pretrained_description"]) + (f" (sha256 {str(sha)[:16]}…)" if sha else "")
     if pretrained in (None, False, "", "none"):
         return "none (random initialisation)"
     if pretrained is True:
