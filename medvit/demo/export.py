@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from medvit.models.checkpoints import sha256_file
+from medvit.hashing import sha256_file
 from medvit.report import read_summary, summary_estimate
 from medvit.run_dir import (
     BEST_WEIGHTS,
