@@ -195,6 +195,17 @@ def test_resume_matches_an_uninterrupted_run(pools, tmp_path, monkeypatch):
     )
     a, b = load_file(str(resumed.backbone)), load_file(str(reference.backbone))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+    def die_before_commit(*args, **kwargs):
+        raise KeyboardInterrupt  # killed inside epoch 1: nothing committed yet
+
+    monkeypatch.setattr(engine, "commit_checkpoint", die_before_commit)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, tmp_path / "early")
+    monkeypatch.setattr(engine, "commit_checkpoint", real_commit)
+    early = pretrain(None, tmp_path / "early", resume=True)
+    c = load_file(str(early.backbone))
+    assert early.epochs_run == 2 and all(torch.equal(c[k], b[k]) for k in b)
     with pytest.raises(ValueError, match="already holds a run"):
         pretrain(cfg, tmp_path / "killed")
 

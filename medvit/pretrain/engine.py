@@ -206,6 +206,9 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         t_in_epochs=False,
     )
     start_epoch, global_step, history = 0, 0, []
+    if resume and not (out / LAST_STATE).is_file():
+        _logger.info("%s: no epoch was committed before the interruption; starting at epoch 1", out)
+        resume = False
     if resume:
         state = recover_checkpoint(out)
         load_run_weights(net, out / LAST_WEIGHTS)
