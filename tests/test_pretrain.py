@@ -235,3 +235,18 @@ def test_cli_pretrain_writes_a_backbone(pools, tmp_path, capsys):
     assert (tmp_path / "run" / "backbone.safetensors").is_file()
     assert main(["pretrain", "--config", str(path), "--set", "kl_weigth=1", "--out", str(tmp_path / "x")]) == 1
     assert "did you mean 'kl_weight'" in capsys.readouterr().err
+
+
+def test_pool_subsets_are_seeded_train_rows(pools):
+    from medvit.pretrain.config import DataSource
+    from medvit.pretrain.data import load_pool
+
+    sources = [DataSource(**s) for s in pools]
+    capped = load_pool(sources, max_per_source=10, seed=3)
+    assert [s["used_images"] for s in capped.sources] == [10, 10]
+    assert [s["train_images"] for s in capped.sources] == [24, 14]
+    assert {r["path"] for r in capped.records} <= _rows(pools, "train")
+    assert load_pool(sources, max_per_source=10, seed=3).records == capped.records
+    assert load_pool(sources, max_per_source=10, seed=4).records != capped.records
+    both = load_pool(sources, max_images=12, max_per_source=10, seed=3)
+    assert len(both.records) == 12 and {r["path"] for r in both.records} <= {r["path"] for r in capped.records}

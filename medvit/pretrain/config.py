@@ -54,7 +54,10 @@ class PretrainConfig:
         teacher: bundled ImageNet teacher, one of :data:`TEACHERS`.
         data: list of ``{manifest, root}``; the union of their ``train`` splits is the pool
             (val and test rows are never read). Labels are unused.
-        max_images: use a seeded subset of at most this many pool images; ``null``: all.
+        max_images_per_source: first keep a seeded subset of at most this many train images of each
+            manifest, so a large dataset (HAM10000: 5,609) does not crowd out a small one (BUSI: 326);
+            ``null``: all.
+        max_images: then keep a seeded subset of at most this many pool images; ``null``: all.
         image_size: ``[H, W]`` (or one int) of the crops fed to teacher and student.
         crop_scale: smallest side fraction of the random resized crop (the largest is 1).
         vflip_prob: probability of an up-down flip (left-right flips always have 0.5).
@@ -75,6 +78,7 @@ class PretrainConfig:
     student_kwargs: dict = field(default_factory=dict)
     teacher: str = field(default="tf_efficientnet_lite2", metadata={"choices": TEACHERS})
     data: list = field(default_factory=list)
+    max_images_per_source: int | None = field(default=None, metadata=_range(1, None))
     max_images: int | None = field(default=None, metadata=_range(1, None))
     image_size: list = field(default_factory=lambda: [160, 160])
     crop_scale: float = field(default=0.6, metadata=_range(0.05, 1.0))

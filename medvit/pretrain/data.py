@@ -45,14 +45,25 @@ class Pool:
         return [str(s["dataset"]) for s in self.sources]
 
 
-def load_pool(sources: Sequence[DataSource], max_images: int | None = None, seed: int = 0) -> Pool:
+def _subset(rows: list[dict], size: int | None, rng: np.random.Generator) -> list[dict]:
+    """A seeded random subset of ``size`` rows, in their manifest order (all rows when ``size`` is None)."""
+    if size is None or size >= len(rows):
+        return rows
+    return [rows[i] for i in np.sort(rng.choice(len(rows), size=size, replace=False))]
+
+
+def load_pool(
+    sources: Sequence[DataSource], max_images: int | None = None, seed: int = 0, max_per_source: int | None = None
+) -> Pool:
     """The train rows of every manifest in ``sources`` (optionally a seeded subset of them).
 
     Args:
         sources: manifests and their raw roots.
         max_images: keep a seeded random subset of this many images (each manifest keeps its share
             of the pool); ``None`` keeps all.
-        seed: seed of the subset.
+        seed: seed of the subsets.
+        max_per_source: first keep at most this many train images of each manifest (so a large
+            dataset does not crowd out a small one); ``None`` keeps all.
 
     Raises:
         FileNotFoundError: a manifest or root is missing.
@@ -81,7 +92,8 @@ def load_pool(sources: Sequence[DataSource], max_images: int | None = None, seed
             "dataset": str(side.get("dataset", manifest.stem)),
             "train_images": int(len(train)),
         })
-        records.append([{"image": str(root / rel), "path": str(root / rel)} for rel in train["image"]])
+        rows = [{"image": str(root / rel), "path": str(root / rel)} for rel in train["image"]]
+        records.append(_subset(rows, max_per_source, np.random.default_rng([seed, len(records)])))
     total = sum(len(r) for r in records)
     if max_images is not None and max_images < total:
         rng = np.random.default_rng(seed)

@@ -192,7 +192,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
     teacher.to(device)
     criterion = PretrainLoss(cfg.stage_weights, cfg.kl_weight, cfg.temperature)
 
-    pool = load_pool(cfg.sources, cfg.max_images, cfg.seed)
+    pool = load_pool(cfg.sources, cfg.max_images, cfg.seed, cfg.max_images_per_source)
     dataset = pool_dataset(pool, pretrain_transforms(cfg.image_size, mean, std, cfg.crop_scale, cfg.vflip_prob))
     ctx = DistContext(device=device)
     steps_per_epoch = len(build_loader(dataset, list_data_collate, cfg.batch_size, ctx, cfg.seed, 0, True, 0))
