@@ -38,9 +38,10 @@ def entries() -> list[demo.RunEntry]:
 
 
 @pytest.fixture(scope="module")
-def busi_model(entries) -> demo.DemoModel:
-    torch.set_num_threads(2)
-    return demo.load_demo_model(demo.default_run(entries, "busi").path)
+def busi_model(tiny_run) -> demo.DemoModel:
+    """The shared tiny BUSI run (conftest): the page's pipeline is the same for every backbone, and
+    test_shipped_assets.py loads every embedded model."""
+    return demo.load_demo_model(tiny_run)
 
 
 @pytest.fixture(scope="module")
