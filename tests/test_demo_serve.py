@@ -31,6 +31,31 @@ def test_port_from_flag_then_streamlit_env_then_default(monkeypatch):
         resolve_port(70000)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_serve_demo_stops_its_child_on_a_signal(stop, monkeypatch, tmp_path):
+    """In process, with a stand-in child: the signal handling of serve_demo, in a second or two."""
+    import threading
+
+    from medvit.demo import serve
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    monkeypatch.setattr(serve, "streamlit_command", lambda **kwargs: [sys.executable, "-c", child])
+
+    def send_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), stop)
+
+    sender = threading.Thread(target=send_when_started)
+    sender.start()
+    assert serve.serve_demo(port=8599) == 128 + stop
+    sender.join()
+    assert not _alive(int(pid_file.read_text()))
+    assert signal.getsignal(signal.SIGTERM) is not serve._raise_stopped  # the handler is put back
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
