@@ -254,10 +254,11 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
         )
         for table in summary["subgroups"]:
             rows = [
-                [g["value"], g["n"], _f(g["recall"]), _f(g["balanced_accuracy"]), _f(g["auroc"])]
+                [g["value"], g["n"], *([g["n_positive"]] if first else []), _f(g["recall"]), _f(g["balanced_accuracy"]), _f(g["auroc"])]
                 for g in table["groups"]
             ]
-            lines += [f"### {table['column']}", "", _table([table["column"], "n", "Recall", "Balanced accuracy", "AUROC"], rows)]
+            header = [table["column"], "n", *([first] if first else []), "Recall", "Balanced accuracy", "AUROC"]
+            lines += [f"### {table['column']}", "", _table(header, rows)]
             worst = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in table["worst"].items() if v is not None)
             lines += [f"Worst group: {worst or 'n/a (fewer than two groups of 10+ images)'}", ""]
     for note in summary.get("notes", []):
