@@ -75,7 +75,7 @@ def plot_operating_points(
     """ROC of the clinical question on test, with each validation-chosen threshold marked where it lands."""
     fig = Figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
-    RocCurveDisplay.from_predictions(positive, score, name=f"{name} (AUC {auroc:.3f})", ax=ax)
+    RocCurveDisplay.from_predictions(positive, score, name=name, ax=ax)  # the legend adds "(AUC = 0.81)"
     markers = "os^Dv"
     for i, point in enumerate(points):
         sens, spec = point["sensitivity"]["value"], point["specificity"]["value"]
@@ -86,6 +86,6 @@ def plot_operating_points(
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title(f"{name} vs not: test ROC, thresholds from validation", fontsize=10)
+    ax.set_title(f"{name} vs not (AUROC {auroc:.3f}): thresholds from validation", fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     fig.savefig(path, dpi=120)
