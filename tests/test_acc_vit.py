@@ -18,6 +18,7 @@ from medvit.models.acc_vit import (
     atrous_merge,
     atrous_partition,
     checkpoint_filter_fn,
+    dilated_depthwise_conv2d,
     model_cfgs,
 )
 
@@ -269,3 +270,70 @@ def test_tiny_config_overfits_eight_images() -> None:
     with torch.no_grad():
         accuracy = (model(images).argmax(1) == labels).float().mean().item()
     assert accuracy == 1.0, (accuracy, loss.item())
+
+
+# ---- the fast training path against a straightforward reference (issue 11) ----------------------------------
+
+
+def _reference_mbconv_forward(self: AtrousMbConv, x: torch.Tensor) -> torch.Tensor:
+    """AtrousMbConv as first written: nn.Conv2d modules for the gate and the dilated depthwise branches."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    shortcut = self.shortcut(x)
+    x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
+    weights = self.gate_pool(self.gate(x)).softmax(dim=1)
+    fused = sum(conv(x) * weights[:, i:i + 1] for i, conv in enumerate(self.convs_dw))
+    x = self.conv3_1x1(self.se(self.norm2(fused)))
+    return self.drop_path(x) + shortcut
+
+
+REFERENCE_FORWARDS = {AtrousMbConv: _reference_mbconv_forward}
+
+
+def _loss_and_grads(model: AccVit, x: torch.Tensor, labels: torch.Tensor) -> tuple:
+    torch.manual_seed(1)
+    loss = F.cross_entropy(model(x), labels)
+    grads = torch.autograd.grad(loss, [p for _, p in model.named_parameters()])
+    return loss.detach(), dict(zip([n for n, _ in model.named_parameters()], grads))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("dilation", [1, 2, 3, 4])
+@pytest.mark.parametrize("size", [(13, 12), (16, 16), (7, 9)])
+def test_dilated_depthwise_conv_equals_conv(stride: int, dilation: int, size: tuple) -> None:
+    torch.manual_seed(0)
+    conv = timm.layers.create_conv2d(6, 6, 3, stride=stride, dilation=dilation, depthwise=True, bias=True).double()
+    torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    expected, out = conv(x), dilated_depthwise_conv2d(x, conv)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, conv.weight, conv.bias), grad_out)
+    for got, want in zip(torch.autograd.grad(out, (x, conv.weight, conv.bias), grad_out), expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [0, 1])
+def test_fast_path_loss_and_gradients_equal_reference(monkeypatch, train: bool, chunk_bytes: int) -> None:
+    """Loss and every parameter gradient of the model equal those of the reference layers, in train and
+    eval mode, with the CPU chunking off (whole batch) and at one image per chunk."""
+    torch.manual_seed(0)
+    model = _tiny_model(num_classes=3, drop_path_rate=0.1 if train else 0.0).train(train)
+    for module in model.modules():  # non-trivial gates and biases
+        if isinstance(module, (AtrousMbConv, AtrousAttention)) and module.gate is not None:
+            torch.nn.init.normal_(module.gate.weight, std=0.5)
+        if isinstance(module, AtrousAttention):
+            for rel_pos in module.rel_pos:
+                torch.nn.init.normal_(rel_pos.relative_position_bias_table, std=0.5)
+    x, labels = torch.randn(3, 3, 64, 64), torch.tensor([0, 1, 2])
+    monkeypatch.setattr(AccVitBlock, "cpu_chunk_bytes", chunk_bytes)
+    loss, grads = _loss_and_grads(model, x, labels)
+    for cls, forward in REFERENCE_FORWARDS.items():
+        monkeypatch.setattr(cls, "forward", forward)
+    expected_loss, expected_grads = _loss_and_grads(model, x, labels)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")

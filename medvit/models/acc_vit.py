@@ -217,8 +217,8 @@ def dilated_depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """
     (stride, _), (dilation, _), (padding, _) = conv.stride, conv.dilation, conv.padding
     kernel = conv.kernel_size[0]
-    square = len(set(conv.stride)) == len(set(conv.dilation)) == len(set(conv.padding)) == len(set(conv.kernel_size)) == 1
-    if not square or conv.padding_mode != "zeros" or stride == 1 or dilation == 1 or x.device.type != "cpu":
+    is_square = all(len(set(v)) == 1 for v in (conv.stride, conv.dilation, conv.padding, conv.kernel_size))
+    if not is_square or conv.padding_mode != "zeros" or stride == 1 or dilation == 1 or x.device.type != "cpu":
         return conv(x)
     channels = x.shape[1]
     if stride % dilation == 0 and padding % dilation == 0:
@@ -238,7 +238,7 @@ def dilated_depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     x = F.pad(rearrange(x, "b c h w -> b h w c"),
               (0, 0, padding, max(0, reach - width - padding), padding, max(0, reach - height - padding)))
     x = x.index_select(1, index).index_select(2, index)  # (B, d * span, d * span, C)
-    x = rearrange(x, "b (rh n) (rw m) c -> (rh rw b) c n m", rh=dilation, rw=dilation)
+    x = rearrange(x, "b (rh n) (rw m) c -> (rh rw b) n m c", rh=dilation, rw=dilation).permute(0, 3, 1, 2)
     y = F.conv2d(x, conv.weight, conv.bias, stride, 0, 1, channels)
     y = rearrange(y, "(rh rw b) c m1 m2 -> b (m1 rh) (m2 rw) c", rh=dilation, rw=dilation)
     return rearrange(y[:, :out_h, :out_w], "b h w c -> b c h w")
@@ -404,8 +404,11 @@ class AtrousMbConv(nn.Module):
         if self.gate is None:
             x = self.gate_pool(x)
             return x.new_ones((x.shape[0], 1) + x.shape[2:])
-        # a 1x1 conv commutes with average pooling: pool the K logits rather than the wide activation
-        return self.gate_pool(self.gate(x)).softmax(dim=1)
+        # a 1x1 conv commutes with average pooling: pool the K logits rather than the wide activation. The
+        # 1x1 conv is a Linear on the channels-last view: oneDNN's backward of a conv with K = 3 outputs was
+        # 0.5 s at 112² x 256 channels (batch 16), a GEMM's is a small fraction of that
+        logits = F.linear(rearrange(x, "b c h w -> b h w c"), self.gate.weight.flatten(1), self.gate.bias)
+        return self.gate_pool(rearrange(logits, "b h w k -> b k h w")).softmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block.
@@ -422,9 +425,9 @@ class AtrousMbConv(nn.Module):
         shortcut = self.shortcut(x)
         x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
         weights = self.gate_weights(x)
-        fused = self.convs_dw[0](x) * weights[:, 0:1]
+        fused = dilated_depthwise_conv2d(x, self.convs_dw[0]) * weights[:, 0:1]
         for i in range(1, len(self.convs_dw)):
-            fused = fused.addcmul_(self.convs_dw[i](x), weights[:, i:i + 1])
+            fused = fused.addcmul_(dilated_depthwise_conv2d(x, self.convs_dw[i]), weights[:, i:i + 1])
         x = self.conv3_1x1(self.se(self.norm2(fused)))
         return self.drop_path(x) + shortcut
 
