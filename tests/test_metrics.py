@@ -103,12 +103,12 @@ def test_bootstrap_resamples_agree_with_sklearn():
 
 def test_bootstrap_is_seeded():
     rng = np.random.default_rng(1)
-    n, k = 2000, 7
+    n, k = 300, 7
     y = rng.integers(0, k, n)
     probs = rng.dirichlet(np.ones(k), n)
-    a = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=1000, seed=5)
-    b = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=1000, seed=5)
-    c = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=1000, seed=6)
+    a = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=200, seed=5)
+    b = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=200, seed=5)
+    c = compute_metrics(y, probs, list("abcdefg"), is_ordinal=True, n_bootstrap=200, seed=6)
     assert a.to_dict() == b.to_dict()
     assert a.to_dict() != c.to_dict()
 
