@@ -9,8 +9,6 @@ import torch
 from PIL import Image
 
 from medvit.data.loaders import create_dataloader
-from medvit.data.manifest import prepare_manifest
-from medvit.data.synthetic import make_synthetic
 from medvit.data.transforms import PRESETS, eval_transforms, preprocess_image, train_transforms
 
 DATA = Path(__file__).parent / "data"
@@ -105,16 +103,8 @@ def test_ultrasound_never_flips_vertically(tmp_path):
         assert image[:12].mean() > image[28:].mean() + 0.3
 
 
-@pytest.fixture(scope="module")
-def busi_manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synbusi")
-    make_synthetic(root / "raw", "busi", per_class=6, seed=0)
-    result = prepare_manifest("busi", root / "raw", root / "busi.csv", num_workers=1)
-    return result.manifest, root / "raw"
-
-
-def test_dataloader_batches(busi_manifest):
-    manifest, root = busi_manifest
+def test_dataloader_batches(synthetic_busi):
+    manifest, root = synthetic_busi["manifest"], synthetic_busi["root"]
     loader = create_dataloader(manifest, root, "train", (32, 32), MEAN, STD, "ultrasound", batch_size=4, train=True)
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
