@@ -416,7 +416,8 @@ class _Trainer:
         return row
 
     def _final_evaluation(self) -> None:
-        """Predict the validation split and ``cfg.eval_split`` with the best weights; write the report."""
+        """Predict the validation split and ``cfg.eval_split`` with the best weights, fit the calibration
+        on validation (:func:`medvit.reporting.calibrate.calibrate_run`) and write the report."""
         cfg, ctx = self.cfg, self.ctx
         ctx.barrier()
         load_run_weights(self.model, self.out / BEST_WEIGHTS)
@@ -429,6 +430,10 @@ class _Trainer:
                 write_predictions(
                     self.out / predictions_filename(split), preds, data.records, self.class_names, cfg.root, split
                 )
+        if ctx.is_main and cfg.eval_split != "val":
+            from medvit.reporting.calibrate import calibrate_run
+
+            calibrate_run(self.out)  # temperature, conformal sets, operating points: fitted on validation
         if ctx.is_main and cfg.report:
             from medvit.report import write_report
 

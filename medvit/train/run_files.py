@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from medvit.models.checkpoints import sha256_file
 from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, MODEL_JSON, PREDICTIONS_CSV, atomic_write_text
 from medvit.train.config import TrainConfig, config_to_dict
 
@@ -60,18 +59,10 @@ def dataset_description(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _pretrained_record(cfg: TrainConfig) -> dict[str, Any]:
-    """How ``model.json`` names the starting weights: portable (no machine path), with the file hash."""
-    if cfg.pretrained is True:
-        from medvit.models.efficientnet_lite import bundled_weights_path
+    """How ``model.json`` names the starting weights: portable (no machine path), hashed, described."""
+    from medvit.models.pretrained import describe_pretrained
 
-        try:
-            path = bundled_weights_path(cfg.model)
-        except KeyError:  # create_model has already said which file to pass
-            return {"pretrained": True, "pretrained_sha256": None}
-        return {"pretrained": f"bundled:{cfg.model}", "pretrained_sha256": sha256_file(path)}
-    if isinstance(cfg.pretrained, str) and Path(cfg.pretrained).is_file():
-        return {"pretrained": cfg.pretrained, "pretrained_sha256": sha256_file(cfg.pretrained)}
-    return {"pretrained": cfg.pretrained, "pretrained_sha256": None}
+    return describe_pretrained(cfg.pretrained, cfg.model)
 
 
 def write_run_files(
@@ -100,6 +91,7 @@ def write_run_files(
         "manifest_num_rejected": side.get("num_rejected"),
         "manifest_num_duplicate_sets": len(side.get("duplicate_sets") or []),
         "manifest_duplicates": side.get("duplicates"),
+        "questions": side.get("questions"),  # the dataset's clinical questions (None: the spec's, see reporting)
         "raw_hash": side.get("raw_hash"),
         **_pretrained_record(cfg),
         "seed": cfg.seed,
