@@ -225,7 +225,10 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     atomic_write_text(out / ReportFiles.summary_json, json.dumps(summary, indent=1))
     _plot_confusion(out / ReportFiles.confusion_png, labels, probabilities.argmax(axis=1), class_names)
     _plot_roc(out / ReportFiles.roc_png, labels, probabilities, metrics)
-    atomic_write_text(out / ReportFiles.index_md, _index_markdown(run_dir, info, split, metrics) + "\n" + clinical_md)
+    from medvit.reporting.external import with_external_notice
+
+    index_md = with_external_notice(_index_markdown(run_dir, info, split, metrics), info, split)
+    atomic_write_text(out / ReportFiles.index_md, index_md + "\n" + clinical_md)
     _logger.info("wrote %s (accuracy %s)", out, metrics.accuracy.format())
     return out
 

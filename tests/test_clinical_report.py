@@ -158,8 +158,12 @@ def test_calibrate_and_external_evaluation_on_a_trained_run(tmp_path, tiny_run, 
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    before = (run / "predictions.csv").read_bytes()
+    assert "calibration" in json.loads((run / "model.json").read_text())  # medvit train ends with calibrate_run
+    info = json.loads((run / "model.json").read_text())
+    del info["calibration"]
+    (run / "model.json").write_text(json.dumps(info))
     assert load_run(run).temperature == 1.0
+    before = (run / "predictions.csv").read_bytes()
     assert main(["calibrate", str(run)]) == 0
     t = json.loads((run / "model.json").read_text())["calibration"]["temperature"]
     assert load_run(run).temperature == t  # round-trips through model.json
@@ -178,5 +182,6 @@ def test_calibrate_and_external_evaluation_on_a_trained_run(tmp_path, tiny_run, 
     assert info["external"]["n_images"] == 36 and info["external"]["same_manifest_as_training"]
     index = (out / "report" / "index.md").read_text()
     assert "## External validation" in index and "split `all`, 36 images" in index
+    assert index.index("## External validation") < index.index("## Results on `all` of `busi.csv` (external)")
     assert (run / "report" / "index.md").read_bytes() == own_report  # the run's own report is untouched
-    assert before != (run / "predictions.csv").read_bytes()  # calibrate rewrote it (prediction sets)
+    assert before == (run / "predictions.csv").read_bytes()  # same record fitted again: the same file

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from medvit.run_dir import MODEL_JSON, PREDICTIONS_CSV, atomic_write_text, read_model_info
 
-__all__ = ["check_external_classes", "evaluate_external", "external_markdown", "external_record"]
+__all__ = ["check_external_classes", "evaluate_external", "external_markdown", "external_record", "with_external_notice"]
 
 _logger = logging.getLogger(__name__)
 
@@ -149,3 +149,14 @@ def evaluate_external(
     write_external_info(out_dir, info, record, run_dir)
     _logger.info("%s: %d images of %s (%s)", out_dir, n_images, manifest, record["dataset"])
     return out_dir
+
+
+def with_external_notice(index_md: str, info: Mapping[str, Any], split: str = "test") -> str:
+    """``index.md`` of an external report: the external-data statement under the title, and the results
+    heading naming the external split instead of the file's ``test`` (unchanged for a run's own report)."""
+    ext = info.get("external")
+    if not ext:
+        return index_md
+    title, _, rest = index_md.partition("\n")
+    rest = rest.replace(f"## Results on `{split}`", f"## Results on `{ext['split']}` of `{Path(ext['manifest']).name}` (external)", 1)
+    return f"{title}\n\n{external_markdown(info)}{rest}"

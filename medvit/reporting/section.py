@@ -9,7 +9,6 @@ import pandas as pd
 
 from medvit.data.datasets import DATASETS
 from medvit.reporting.clinical import clinical_markdown, clinical_summary, subgroup_frame
-from medvit.reporting.external import external_markdown
 from medvit.run_dir import predictions_filename
 
 __all__ = ["clinical_section"]
@@ -55,4 +54,4 @@ def clinical_section(
     if external:
         summary["external"] = dict(external)
     label = f"{external['split']} of {Path(external['manifest']).name} (external)" if external else split
-    return summary, external_markdown(info) + clinical_markdown(summary, label)
+    return summary, clinical_markdown(summary, label)
