@@ -225,7 +225,7 @@ def test_export_demo_model_chooses_on_validation_not_test(tmp_path, entries):
         summary["macro"]["f1"]["value"] = test_f1
         (run / "report" / "summary.json").write_text(json.dumps(summary))
         runs.append(run)
-    selection = demo.export_demo_model(runs, tmp_path / "out", metric="macro_f1")
+    selection = demo.export_demo_model(runs, tmp_path / "out", metric="macro_f1", remeasure=False)
     assert selection["chosen"] == "run_b" and selection["split"] == "val"
     assert selection["score"] == pytest.approx(0.6)
     assert [(c["score"], c["epoch"], c["test_score"]) for c in selection["candidates"]] == [(0.2, 2, 0.9), (0.6, 2, 0.1)]
@@ -234,7 +234,7 @@ def test_export_demo_model_chooses_on_validation_not_test(tmp_path, entries):
     with pytest.raises(FileNotFoundError, match="medvit report"):
         demo.export_demo_model([tmp_path / "nothing"], tmp_path / "out2")
     with pytest.raises(KeyError, match="balanced_accuracy"):
-        demo.export_demo_model(runs, tmp_path / "out3", metric="f1_typo")
+        demo.export_demo_model(runs, tmp_path / "out3", metric="f1_typo", remeasure=False)
 
 
 def test_validation_score_follows_the_kept_epoch(tmp_path, entries):

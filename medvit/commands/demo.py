@@ -28,10 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = subparsers.add_parser(
         "demo-export",
-        help="embed the best of one or more run directories as a demo model (fp16 weights)",
+        help="embed the best of one or more run directories as a demo model (int8 weights, measured as stored)",
         description="Pick the run with the highest validation METRIC (val_METRIC of metrics.csv at the epoch "
-        "each run kept; never the test split), export it with fp16 weights to OUT and record every "
-        "candidate's validation and test scores in OUT/selection.json. Each run needs report/ (medvit report).",
+        "each run kept; never the test split), export it to OUT with per-channel int8 weights (or --storage fp16), "
+        "predict validation and test again with the stored weights, calibrate and rewrite the report, and record "
+        "every candidate's validation and test scores in OUT/selection.json. Each run needs report/ (medvit report).",
     )
     export.add_argument("runs", nargs="+", type=Path, help="candidate run directories (each with report/)")
     export.add_argument("--out", type=Path, required=True, help="target folder, e.g. app/demo_models/busi_lite0")
@@ -43,7 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--default", action="store_true", help="make it its dataset's default model on the demo page"
     )
+    export.add_argument("--storage", choices=("int8", "fp16", "fp32"), default="int8", help="weight storage (default int8)")
+    export.add_argument(
+        "--no-remeasure", action="store_true",
+        help="copy the run's report as it is instead of measuring the stored weights again (no data needed)",
+    )
     export.set_defaults(func=_demo_export)
+    defaults = subparsers.add_parser(
+        "demo-defaults",
+        help="make each dataset's best embedded model on validation the page's default",
+        description="Score every embedded model in FOLDER on its validation predictions (stored weights) and mark "
+        "the best per dataset as the page's default in its selection.json.",
+    )
+    defaults.add_argument("folder", type=Path, nargs="?", default=Path("app/demo_models"), help="embedded models")
+    defaults.add_argument("--metric", default="balanced_accuracy", help="validation metric (default balanced_accuracy)")
+    defaults.set_defaults(func=_demo_defaults)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -58,6 +73,19 @@ def _demo(args: argparse.Namespace) -> int:
 def _demo_export(args: argparse.Namespace) -> int:
     from medvit.demo import export_demo_model
 
-    selection = export_demo_model(args.runs, args.out, metric=args.metric, default=args.default)
+    import torch
+
+    dtype = {"int8": "int8", "fp16": torch.float16, "fp32": torch.float32}[args.storage]
+    selection = export_demo_model(
+        args.runs, args.out, metric=args.metric, default=args.default, dtype=dtype, remeasure=not args.no_remeasure
+    )
     print(f"exported {selection['chosen']} -> {args.out} (validation {args.metric} = {selection['score']:.4f})")
+    return 0
+
+
+def _demo_defaults(args: argparse.Namespace) -> int:
+    from medvit.demo.export import mark_defaults
+
+    for dataset, name in sorted(mark_defaults(args.folder, metric=args.metric).items()):
+        print(f"{dataset}: {name}")
     return 0

@@ -1,14 +1,18 @@
-"""Embedding a demo model (``medvit demo-export``): the best of several runs on validation, fp16 weights.
+"""Embedding a demo model (``medvit demo-export``): the best of several runs on validation, small weights.
 
 :func:`validation_score` reads a run's validation metric at the epoch it kept
 (:func:`medvit.run_dir.kept_epoch` over :func:`~medvit.run_dir.read_metrics`);
-:func:`export_demo_model` compares candidates on it and writes ``selection.json``.
+:func:`export_demo_model` compares candidates on it, stores the chosen weights (per-channel int8 by
+default), measures them again as stored (validation and test predictions, calibration, report) and
+writes ``selection.json``; :func:`mark_defaults` makes each dataset's best embedded model on
+validation the page's default.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,6 +23,7 @@ from medvit.report import read_summary, summary_estimate
 from medvit.run_dir import (
     BEST_WEIGHTS,
     METRICS_CSV,
+    MODEL_JSON,
     REPORT_DIR,
     SELECTION_JSON,
     ReportFiles,
@@ -29,16 +34,22 @@ from medvit.run_dir import (
     read_metrics,
 )
 
-__all__ = ["validation_score", "export_demo_model"]
+__all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_config"]
+
+_PATH_KEYS = ("manifest", "root", "pretrained")
 
 _logger = logging.getLogger(__name__)
 
 _DEFAULT_MONITOR = "val_loss"  # EarlyStoppingConfig.metric's default
 
 
-def _describe_how(config: Mapping[str, Any]) -> str:
-    """One phrase for how a run was trained, from its ``config.yaml``."""
-    if config.get("pretrained"):
+def _describe_how(config: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> str:
+    """One phrase for how a run was trained, from its ``config.yaml`` (and ``model.json``)."""
+    described = (info or {}).get("pretrained_description")
+    pretrained = config.get("pretrained")
+    if pretrained and isinstance(pretrained, str) and not pretrained.startswith(("bundled:", "hf-hub:")) and described:
+        how = f"fine-tuned (all layers) from weights {described}"
+    elif config.get("pretrained"):
         mode = str(config.get("mode", "full"))
         if mode == "full":
             how = "fine-tuned (all layers) from ImageNet weights"
@@ -92,23 +103,30 @@ def export_demo_model(
     out_dir: str | Path,
     metric: str = "macro_f1",
     default: bool = False,
+    dtype: torch.dtype | str = "int8",
+    remeasure: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Embed the best of several candidate runs as a demo model, with fp16 weights.
+    """Embed the best of several candidate runs as a demo model, with small weights measured as stored.
 
     The candidates are compared on their **validation** ``metric`` at the epoch each kept
     (:func:`validation_score`), never on the test split, so the test scores on the model card stay
     unbiased by the choice. Every candidate must have ``metrics.csv`` and ``report/summary.json``
     (``medvit report``; its test score is recorded beside the validation score). The chosen run is
-    exported with :func:`medvit.run_dir.export_run`, and ``selection.json`` in ``out_dir`` records
-    every candidate's scores, how it was trained and which was chosen, so the model card can say it.
-    With one candidate this is a plain fp16 export plus ``selection.json``.
+    exported with :func:`medvit.run_dir.export_run` (paths in its config made portable), measured
+    again as stored, and ``selection.json`` in ``out_dir`` records every candidate's scores, how it
+    was trained and which was chosen, so the model card can say it.
 
     Args:
         runs: candidate run directories.
         out_dir: the embedded model's folder (e.g. ``app/demo_models/busi_vvt_tiny``).
         metric: metric to maximise, a ``val_*`` column of ``metrics.csv`` without ``val_`` (e.g.
             ``macro_f1``, ``balanced_accuracy``, ``macro_auroc``).
-        default: mark this model as its dataset's default on the page.
+        default: mark this model as its dataset's default on the page (see also :func:`mark_defaults`).
+        dtype: weight storage: ``"int8"`` (per-channel, :mod:`medvit.models.storage`) or a torch dtype.
+        remeasure: predict validation and test again with the stored weights, calibrate and rewrite
+            the report (:func:`remeasure_stored_weights`; needs the run's data).
+        device: for the re-measurement.
 
     Returns:
         The selection record written to ``selection.json``.
@@ -127,6 +145,7 @@ def export_demo_model(
                 f"{run / REPORT_DIR / ReportFiles.summary_json} not found; run 'medvit report {run}' first"
             )
         config = read_config(run)
+        info = json.loads((run / MODEL_JSON).read_text())
         score, epoch = validation_score(run, metric, config)
         test = summary_estimate(summary, metric)
         candidates.append({
@@ -134,11 +153,14 @@ def export_demo_model(
             "score": score,
             "epoch": epoch,
             "test_score": None if test is None else test["value"],
-            "how": _describe_how(config),
+            "how": _describe_how(config, info),
         })
     best = max(range(len(candidates)), key=lambda i: candidates[i]["score"])
     out_dir = Path(out_dir)
-    export_run(Path(runs[best]), out_dir, dtype=torch.float16)
+    export_run(Path(runs[best]), out_dir, dtype=dtype)
+    _make_portable(out_dir)
+    if remeasure:
+        remeasure_stored_weights(out_dir, device=device)
     selection = {
         "chosen": candidates[best]["run"],
         "how": candidates[best]["how"],
@@ -147,8 +169,93 @@ def export_demo_model(
         "score": candidates[best]["score"],
         "candidates": candidates,
         "default": bool(default),
+        "storage": str(dtype).replace("torch.", ""),
         "weights_sha256": sha256_file(out_dir / BEST_WEIGHTS),
     }
     atomic_write_text(out_dir / SELECTION_JSON, json.dumps(selection, indent=2) + "\n")
     _logger.info("embedded %s as %s (validation %s = %.4f)", runs[best], out_dir, metric, candidates[best]["score"])
     return selection
+
+
+def portable_config(config: Mapping[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """``config`` with absolute paths (manifest, root, pretrained, distill.teacher) made relative to ``base``.
+
+    Nothing embedded may hold a path of the machine it was made on; relative paths keep working
+    from a checkout (``base`` defaults to the current directory, where ``make demo-models`` runs).
+    """
+    base = Path.cwd() if base is None else base
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value, base)
+        return value
+
+    out = {k: relative(v) if k in _PATH_KEYS else v for k, v in config.items()}
+    if isinstance(out.get("distill"), Mapping):
+        out["distill"] = {k: relative(v) if k == "teacher" else v for k, v in out["distill"].items()}
+    return out
+
+
+def _make_portable(out_dir: Path) -> None:
+    import yaml
+
+    from medvit.run_dir import CONFIG_YAML, MODEL_JSON
+
+    config_path, info_path = out_dir / CONFIG_YAML, out_dir / MODEL_JSON
+    if config_path.is_file():
+        config = portable_config(yaml.safe_load(config_path.read_text()) or {})
+        atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+    info = json.loads(info_path.read_text())
+    atomic_write_text(info_path, json.dumps(portable_config(info), indent=2))
+
+
+def remeasure_stored_weights(out_dir: str | Path, device: str = "auto") -> None:
+    """Predict validation and test with the weights as stored, fit the calibration, rewrite the report.
+
+    Every figure of the embedded model's card then describes the file the page loads (int8 storage
+    moves probabilities slightly), not the float weights it was exported from.
+    """
+    from medvit.report import write_report
+    from medvit.reporting.calibrate import calibrate_run
+    from medvit.train.evaluate import evaluate_run
+
+    out_dir = Path(out_dir)
+    config = read_config(out_dir)
+    for split in ("val", str(config.get("eval_split", "test"))):
+        evaluate_run(out_dir, split=split, device=device)
+    calibrate_run(out_dir, device=device)
+    write_report(out_dir, split=str(config.get("eval_split", "test")), n_bootstrap=int(config.get("n_bootstrap", 1000)),
+                 seed=int(config.get("seed", 0)))
+
+
+def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -> dict[str, str]:
+    """Make each dataset's best embedded model on **validation** its default on the page.
+
+    The score is ``metric`` of the stored weights on the validation split (``predictions_val.csv``,
+    written by :func:`remeasure_stored_weights`); ``selection.json`` of every model records whether
+    it is the default and the score that decided. Returns ``{dataset: model folder name}``.
+    """
+    import pandas as pd
+
+    from medvit.metrics import compute_metrics
+    from medvit.run_dir import predictions_filename, read_model_info, read_selection
+
+    scores: dict[str, list[tuple[float, Path]]] = {}
+    for folder in sorted(Path(embedded_dir).iterdir()):
+        if not (folder / SELECTION_JSON).is_file():
+            continue
+        info = read_model_info(folder)
+        frame = pd.read_csv(folder / predictions_filename("val"))
+        names = [str(c) for c in info["class_names"]]
+        probs = frame[[f"prob_{c}" for c in names]].to_numpy()
+        summary = compute_metrics(frame["label"].to_numpy(), probs, names, bool(info.get("is_ordinal")), n_bootstrap=0).summary()
+        scores.setdefault(str(info.get("dataset", "")), []).append((float(summary[metric]), folder))
+    chosen = {}
+    for dataset, entries in scores.items():
+        best = max(entries, key=lambda e: e[0])[1]
+        chosen[dataset] = best.name
+        for score, folder in entries:
+            selection = read_selection(folder)
+            selection.update(default=folder == best, default_metric=f"val_{metric}", default_score=score)
+            atomic_write_text(folder / SELECTION_JSON, json.dumps(selection, indent=2) + "\n")
+    return chosen

@@ -1,0 +1,58 @@
+"""demo-export stores small weights, measures them as stored, keeps paths portable; defaults chosen on validation."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from medvit.demo.export import export_demo_model, mark_defaults, portable_config
+from medvit.run_dir import load_run
+
+
+def test_portable_config_makes_absolute_paths_relative(tmp_path):
+    config = {"root": str(tmp_path / "data"), "manifest": "data_manifests/x.csv", "lr": 1e-3,
+              "distill": {"teacher": str(tmp_path / "teacher"), "alpha": 0.5}, "pretrained": True}
+    portable = portable_config(config, base=tmp_path / "repo")
+    assert portable["root"] == os.path.join("..", "data") and portable["manifest"] == "data_manifests/x.csv"
+    assert portable["distill"] == {"teacher": os.path.join("..", "teacher"), "alpha": 0.5}
+    assert portable["pretrained"] is True and portable["lr"] == 1e-3
+
+
+def test_int8_export_is_remeasured_as_stored_and_defaults_follow_validation(tiny_run, tmp_path):
+    embedded = tmp_path / "demo_models"
+    selection = export_demo_model([tiny_run], embedded / "busi_a", metric="balanced_accuracy")
+    out = embedded / "busi_a"
+    assert selection["storage"] == "int8"
+    assert (out / "best.safetensors").stat().st_size < 0.4 * (tiny_run / "best.safetensors").stat().st_size
+    assert not os.path.isabs(yaml.safe_load((out / "config.yaml").read_text())["root"])
+    info = json.loads((out / "model.json").read_text())
+    assert "calibration" in info and info["calibration"]["temperature"] > 0
+
+    # predictions.csv is what the stored (int8) weights predict, not a copy of the float run's file
+    run = load_run(out)
+    frame = pd.read_csv(out / "predictions_val.csv")
+    assert len(frame) == 6 and (out / "report" / "summary.json").is_file()
+    original = pd.read_csv(tiny_run / "predictions_val.csv")
+    assert list(frame["image"]) == list(original["image"])
+    assert not np.array_equal(frame.filter(like="prob_").to_numpy(), original.filter(like="prob_").to_numpy())
+    assert run.model_name == "vvt_tiny"
+
+    # a second model of the same dataset with worse validation predictions is not the default
+    shutil.copytree(out, embedded / "busi_b")
+    worse = pd.read_csv(embedded / "busi_b" / "predictions_val.csv")
+    probs = np.zeros((len(worse), 3))
+    probs[:, 0] = 1.0  # always "benign": balanced accuracy 1/3
+    for c, name in enumerate(("benign", "malignant", "normal")):
+        worse[f"prob_{name}"] = probs[:, c]
+    worse.to_csv(embedded / "busi_b" / "predictions_val.csv", index=False)
+    chosen = mark_defaults(embedded)
+    score_a = json.loads((out / "selection.json").read_text())["default_score"]
+    if score_a > 1 / 3:
+        assert chosen == {"busi": "busi_a"}
+    assert json.loads((embedded / "busi_b" / "selection.json").read_text())["default_score"] == pytest.approx(1 / 3)
+    assert sum(json.loads((embedded / d / "selection.json").read_text())["default"] for d in ("busi_a", "busi_b")) == 1
