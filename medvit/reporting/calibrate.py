@@ -8,11 +8,7 @@
 
 stores them as ``model.json["calibration"]`` and rewrites the run's prediction files with the
 scaled probabilities and a ``prediction_set`` column. Everything that reads a run
-(evaluate, explain, the page, exports) applies the same record through :func:`calibrate_frame`
-or :func:`calibrated_probabilities`. ``T = 1`` leaves probabilities bit for bit as they were.
-
-A predictions file records the temperature its ``prob_*`` columns carry (column ``temperature``,
-absent = 1), so the unscaled probabilities can always be recovered for "before" figures.
+(evaluate, explain, the page, exports) applies the same record (:mod:`medvit.reporting.probabilities`).
 """
 
 from __future__ import annotations
@@ -27,101 +23,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medvit.metrics.calibration import apply_temperature, fit_temperature, log_probabilities, nll
-from medvit.metrics.conformal import conformal_quantile, format_set, prediction_sets
+from medvit.metrics.calibration import apply_temperature, fit_temperature, nll
+from medvit.metrics.conformal import conformal_quantile
 from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
+from medvit.reporting.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
 from medvit.reporting.questions import run_questions
 from medvit.run_dir import MODEL_JSON, atomic_write_text, predictions_filename, read_model_info
 
-__all__ = [
-    "DEFAULT_ALPHA",
-    "calibrate_frame",
-    "calibrate_run",
-    "calibrated_probabilities",
-    "fit_calibration",
-    "prediction_set_names",
-    "probability_columns",
-    "run_temperature",
-    "unscaled_probabilities",
-]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_SENSITIVITIES", "calibrate_run", "fit_calibration"]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.1
-DEFAULT_METHOD = "lac"
-TEMPERATURE_COLUMN = "temperature"
-SET_COLUMN = "prediction_set"
-
-
-def probability_columns(frame: pd.DataFrame, class_names: Sequence[str], where: str | Path = "predictions") -> np.ndarray:
-    """The (N, K) ``prob_<class>`` columns of a predictions frame.
-
-    Raises:
-        ValueError: a class column is missing (the file belongs to another run).
-    """
-    columns = [f"prob_{name}" for name in class_names]
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{where}: missing columns {missing}; re-run 'medvit evaluate' with this run")
-    return frame[columns].to_numpy(dtype=np.float64)
-
-
-def unscaled_probabilities(frame: pd.DataFrame, class_names: Sequence[str], where: str | Path = "predictions") -> np.ndarray:
-    """The model's own (``T = 1``) probabilities of a predictions frame, undoing its ``temperature`` column."""
-    probs = probability_columns(frame, class_names, where)
-    if TEMPERATURE_COLUMN not in frame.columns:
-        return probs
-    file_t = frame[TEMPERATURE_COLUMN].to_numpy(dtype=np.float64)
-    if np.all(file_t == 1.0):
-        return probs
-    z = log_probabilities(probs) * file_t[:, None]
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def run_temperature(info: Mapping[str, Any]) -> float:
-    """The temperature stored in ``model.json`` (1.0 when the run was never calibrated)."""
-    return float((info.get("calibration") or {}).get("temperature", 1.0))
-
-
-def calibrated_probabilities(probabilities: np.ndarray, info: Mapping[str, Any]) -> np.ndarray:
-    """Apply a run's temperature to its model's probabilities (unchanged for ``T = 1``)."""
-    return apply_temperature(probabilities, run_temperature(info))
-
-
-def prediction_set_names(probabilities: np.ndarray, class_names: Sequence[str], info: Mapping[str, Any]) -> list[str] | None:
-    """``benign|malignant`` per image from the run's conformal record (``None`` if it has none).
-
-    ``probabilities`` must already be temperature-scaled (the record was fitted on those).
-    """
-    conformal = (info.get("calibration") or {}).get("conformal")
-    if not conformal:
-        return None
-    q = float("inf") if conformal.get("q") is None else float(conformal["q"])
-    member = prediction_sets(probabilities, q, conformal.get("method", DEFAULT_METHOD))
-    return [format_set(row, class_names) for row in member]
-
-
-def calibrate_frame(frame: pd.DataFrame, class_names: Sequence[str], info: Mapping[str, Any]) -> pd.DataFrame:
-    """A predictions frame with the run's calibration applied: ``prob_*`` scaled by its temperature,
-    a ``temperature`` column (only when ``T != 1``) and ``prediction_set`` (when the run has a
-    conformal record). Without a ``calibration`` record the frame is returned unchanged."""
-    if not info.get("calibration"):
-        return frame
-    out = frame.copy()
-    raw = unscaled_probabilities(frame, class_names)
-    temperature = run_temperature(info)
-    probs = apply_temperature(raw, temperature)
-    for c, name in enumerate(class_names):
-        out[f"prob_{name}"] = probs[:, c]
-    out = out.drop(columns=[TEMPERATURE_COLUMN, SET_COLUMN], errors="ignore")
-    if temperature != 1.0:
-        out[TEMPERATURE_COLUMN] = temperature
-    sets = prediction_set_names(probs, class_names, info)
-    if sets is not None:
-        out[SET_COLUMN] = sets
-    return out
 
 
 def fit_calibration(

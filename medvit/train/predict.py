@@ -92,7 +92,7 @@ def write_predictions(
 
     With ``info`` (the run's ``model.json``) holding a ``calibration`` record, the probabilities are
     temperature-scaled and a ``prediction_set`` column is added
-    (:func:`medvit.reporting.calibrate.calibrate_frame`); without one the file is as before.
+    (:func:`medvit.reporting.probabilities.calibrate_frame`); without one the file is as before.
     """
     probs = preds.probabilities
     predicted = probs.argmax(axis=1)
@@ -117,7 +117,7 @@ def write_predictions(
     for c, name in enumerate(class_names):
         frame[f"prob_{name}"] = probs[:, c]
     if info and info.get("calibration"):
-        from medvit.reporting.calibrate import calibrate_frame
+        from medvit.reporting.probabilities import calibrate_frame
 
         frame = calibrate_frame(frame, class_names, info)
     buffer = io.StringIO()
