@@ -254,3 +254,91 @@ def test_sr_ratio_rejects_indivisible_grid() -> None:
     model(torch.randn(1, 3, 64, 128))  # stage grids 16x32, 8x16, 4x8: divisible by 16, 4, 2
     with pytest.raises(ValueError, match="sr_ratio 16"):
         model(torch.randn(1, 3, 96, 128))  # stage-1 grid 24x32: 24 is not a multiple of 16
+
+
+# ---- the training path against the implementation it replaced (issue 11) ------------------------------------
+
+
+def _reference_abs_clamp_(x: torch.Tensor) -> torch.Tensor:
+    sign = x.sign()
+    return x.abs_().clamp_(1e-4, 1e4).mul_(sign)
+
+
+def _reference_attention_forward(self: VicinityAttention, x: torch.Tensor, feat_size: tuple) -> torch.Tensor:
+    """VicinityAttention.forward before the training speed-up: in-place ReLU of the qkv slice and in-place clamps."""
+    B, N, C = x.shape
+    d, h = self.head_dim, self.num_heads
+    gate = self.se_fc(x.mean(dim=1))
+    qkv = self.qkv(x)
+    qkv[..., :2 * self.attn_dim].relu_()
+    q, k, v = qkv.view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+    weights = vvt.vicinity_weights(feat_size[0], feat_size[1], x.device, x.dtype)
+    q = (q.unsqueeze(-2) * weights).flatten(-2)
+    k = (k.unsqueeze(-2) * weights).flatten(-2)
+    kv = _reference_abs_clamp_(k.transpose(-2, -1) @ v)
+    out = q @ torch.cat([kv, k.sum(dim=-2).unsqueeze(-1)], dim=-1)
+    z = out[..., d:].add(1e-4).reciprocal().clamp(1e-4, 1e4)
+    x = _reference_abs_clamp_(_reference_abs_clamp_(out[..., :d]).mul_(z))
+    x = _reference_abs_clamp_(self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim)))
+    return x.mul_(gate.unsqueeze(1) + 1).clamp_(-1e4, 1e4)
+
+
+def _reference_mlp_images(self: vvt.VvtMlp, x: torch.Tensor, feat_size: tuple) -> torch.Tensor:
+    x = self.dwconv(self.fc1(x).view(x.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2))
+    x = torch.ops.aten.gelu_(x.flatten(2).transpose(1, 2))
+    return self.drop(self.fc2(self.drop(x)))
+
+
+@pytest.mark.parametrize("sr_ratio", [1, 2])
+def test_attention_gradients_equal_naive_formula(sr_ratio: int) -> None:
+    torch.manual_seed(0)
+    attn = VicinityAttention(24, num_heads=3, fr_ratio=2, sr_ratio=sr_ratio).double()
+    for param in attn.parameters():
+        nn.init.normal_(param, 0.0, 0.3)
+    x = torch.randn(2, 8 * 12, 24, dtype=torch.double, requires_grad=True)
+    grad_out = torch.randn(2, 8 * 12, 24, dtype=torch.double)
+    inputs = [x, *attn.parameters()]
+    got = torch.autograd.grad(attn(x, (8, 12)), inputs, grad_out)
+    expected = torch.autograd.grad(_naive_attention(attn, x, (8, 12)), inputs, grad_out)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_abs_clamp_gradient_is_the_pass_through_mask() -> None:
+    x = torch.tensor([0.0, 5e-5, -5e-5, 1e-4, -0.5, 2.0, 1e4, -2e4], requires_grad=True)
+    y = vvt._abs_clamp(x)
+    torch.testing.assert_close(y.detach(), torch.tensor([0.0, 1e-4, -1e-4, 1e-4, -0.5, 2.0, 1e4, -1e4]))
+    (grad,) = torch.autograd.grad(y, x, torch.arange(1.0, 9.0))
+    torch.testing.assert_close(grad, torch.tensor([0.0, 0.0, 0.0, 4.0, 5.0, 6.0, 7.0, 0.0]))
+    with torch.no_grad():
+        z = x.detach().clone()
+        assert vvt._abs_clamp(z) is z  # in place without autograd
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [0, 1])
+def test_training_loss_and_gradients_equal_reference(monkeypatch, train: bool, chunk_bytes: int) -> None:
+    """Loss and every parameter gradient equal those of the in-place implementation the training path
+    replaced, in train (with stochastic depth) and eval mode, whole batch and one image per MLP chunk."""
+    torch.manual_seed(0)
+    model = timm.create_model("vvt_tiny", **{**_official_kwargs(), "drop_path_rate": 0.2 if train else 0.0})
+    state_dict = checkpoint_filter_fn(load_file(FIXTURES / "vvt_test_official.safetensors"), model)
+    model.load_state_dict(state_dict, strict=True)
+    model.train(train)
+    x = load_file(FIXTURES / "vvt_test_io_160x256.safetensors")["input"]
+    labels = torch.arange(x.shape[0])
+    monkeypatch.setattr(vvt.VvtMlp, "cpu_chunk_bytes", chunk_bytes)
+    names = [name for name, _ in model.named_parameters()]
+
+    def loss_and_grads():
+        torch.manual_seed(1)
+        loss = nn.functional.cross_entropy(model(x), labels)
+        return loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+    loss, grads = loss_and_grads()
+    monkeypatch.setattr(VicinityAttention, "forward", _reference_attention_forward)
+    monkeypatch.setattr(vvt.VvtMlp, "_forward_images", _reference_mlp_images)
+    expected_loss, expected_grads = loss_and_grads()
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-7)
+    for name, grad, expected in zip(names, grads, expected_grads):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7, msg=lambda m: f"{name}: {m}")

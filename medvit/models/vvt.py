@@ -139,8 +139,34 @@ class VvtCfg:
             raise ValueError(f"VvtCfg.prod_types has {bad}; the official code accepts 'left' or 'right' (both unused)")
 
 
-def _abs_clamp_(x: Tensor) -> Tensor:
-    """Official value clamp, in place: sign(x) * min(max(|x|, 1e-4), 1e4); exact zeros stay zero."""
+class _AbsClamp(torch.autograd.Function):
+    """The official value clamp with a one-pass backward that keeps one boolean mask.
+
+    The gradient of sign(x) * clamp(|x|, 1e-4, 1e4) is the incoming gradient where 1e-4 <= |x| <= 1e4
+    (inclusive, as ``clamp``'s backward) and 0 elsewhere, exact zeros included. Autograd through abs,
+    clamp and the sign product gives the same numbers in three passes and, for the in-place forward,
+    copies the input first to keep it for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        magnitude = x.abs()
+        ctx.save_for_backward((magnitude >= _CLAMP_MIN) & (magnitude <= _CLAMP_MAX))
+        return magnitude.clamp_(_CLAMP_MIN, _CLAMP_MAX).mul_(x.sign())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (passes,) = ctx.saved_tensors
+        return torch.where(passes, grad, 0.0)
+
+
+def _abs_clamp(x: Tensor) -> Tensor:
+    """Official value clamp sign(x) * min(max(|x|, 1e-4), 1e4); exact zeros stay zero.
+
+    In place on ``x`` when autograd is off (inference); otherwise a new tensor with a cheap backward.
+    """
+    if torch.is_grad_enabled():
+        return _AbsClamp.apply(x)
     sign = x.sign()
     return x.abs_().clamp_(_CLAMP_MIN, _CLAMP_MAX).mul_(sign)
 
@@ -210,6 +236,9 @@ class VicinityAttention(nn.Module):
         h, d = self.num_heads, self.head_dim
         if self.sr is None:
             qkv = self.qkv(x)
+            if torch.is_grad_enabled():  # an in-place ReLU of a slice would make autograd copy all of qkv
+                q, k, v = qkv.view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+                return q.relu(), k.relu(), v, (H, W)
             qkv[..., :2 * self.attn_dim].relu_()
             q, k, v = qkv.view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             return q, k, v, (H, W)
@@ -224,9 +253,8 @@ class VicinityAttention(nn.Module):
         kv_size = (reduced.shape[-2], reduced.shape[-1])
         reduced = self.norm(reduced.flatten(2).transpose(1, 2))
         kv = F.linear(reduced, weight_kv, bias_kv)
-        kv[..., :self.attn_dim].relu_()
         k, v = kv.view(B, -1, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v, kv_size
+        return q, k.relu(), v, kv_size
 
     def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         """Args: x: tokens (B, N, C), N = H * W; feat_size: (H, W). Returns: (B, N, C)."""
@@ -239,15 +267,20 @@ class VicinityAttention(nn.Module):
         # (B, h, N, 1, d) * (N, 4, 1) -> (B, h, N, 4d) in the official order [cos α, sin α, cos β, sin β]
         q = (q.unsqueeze(-2) * q_weights).flatten(-2)
         k = (k.unsqueeze(-2) * k_weights).flatten(-2)
-        kv = _abs_clamp_(k.transpose(-2, -1) @ v)  # (B, h, 4d, d)
+        kv = _abs_clamp(k.transpose(-2, -1) @ v)  # (B, h, 4d, d)
         k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, h, 4d, 1)
         out = q @ torch.cat([kv, k_sum], dim=-1)  # (B, h, N, d + 1): q̃·KV and q̃·Σk̃ in one matmul
         z = out[..., d:].add(_Z_EPS).reciprocal().clamp(_CLAMP_MIN, _CLAMP_MAX)  # positive, so a plain clamp
-        x = _abs_clamp_(_abs_clamp_(out[..., :d]).mul_(z))
+        # in place only without autograd, which would otherwise copy each input to keep it for the backward
+        inplace = not torch.is_grad_enabled()
+        x = _abs_clamp(out[..., :d])
+        x = _abs_clamp(x.mul_(z) if inplace else x * z)
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
-        x = _abs_clamp_(self.proj(x))
+        x = _abs_clamp(self.proj(x))
         # |x| >= 1e-4 (or 0) and 1 + gate >= 1, so only the upper bound of the clamp can bite
-        return x.mul_(gate.unsqueeze(1) + 1).clamp_(-_CLAMP_MAX, _CLAMP_MAX)
+        if inplace:
+            return x.mul_(gate.unsqueeze(1) + 1).clamp_(-_CLAMP_MAX, _CLAMP_MAX)
+        return (x * (gate.unsqueeze(1) + 1)).clamp(-_CLAMP_MAX, _CLAMP_MAX)
 
 
 class VvtMlp(nn.Module):
@@ -292,7 +325,9 @@ class VvtMlp(nn.Module):
         # (B, H, W, C) permuted to NCHW: a channels-last tensor that the conv takes without a copy,
         # also for B = 1 (a transpose(1, 2).view(...) leaves a batch stride that forces an NCHW copy)
         x = self.dwconv(x.view(x.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2))
-        x = torch.ops.aten.gelu_(x.flatten(2).transpose(1, 2))  # exact (erf) GELU
+        x = x.flatten(2).transpose(1, 2)
+        # exact (erf) GELU, in place without autograd (with it, autograd would copy the input to keep it)
+        x = F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
         x = self.drop(x)
         x = self.fc2(x)
         return self.drop(x)
