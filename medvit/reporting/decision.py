@@ -80,14 +80,11 @@ def decide(probabilities: Sequence[float], class_names: Sequence[str], info: Map
         q = float("inf") if conformal.get("q") is None else float(conformal["q"])
         member = prediction_sets(probs, q, conformal.get("method", "lac"))[0]
         out.prediction_set = [str(name) for name, m in zip(class_names, member) if m]
-        coverage = 1 - float(conformal["alpha"])
+        coverage = f"{1 - float(conformal['alpha']):.0%}"
+        what = "The model cannot rule out these classes" if len(out.prediction_set) > 1 else "Only this class remains"
         out.set_sentence = (
-            f"The model cannot rule out {'these classes' if len(out.prediction_set) > 1 else 'any other class'} "
-            f"at the {coverage:.0%} level: sets built this way held the true class for at least {coverage:.0%} of "
-            "images like the validation ones."
-            if len(out.prediction_set) > 1
-            else f"Only one class is left at the {coverage:.0%} level: sets built this way held the true class for "
-            f"at least {coverage:.0%} of images like the validation ones."
+            f"{what} at the {coverage} level: sets built this way held the true class for at least {coverage} "
+            "of images like the validation ones."
         )
     questions = record.get("questions") or []
     if questions:
