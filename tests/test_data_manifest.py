@@ -362,3 +362,7 @@ def test_folder_positive_classes_option(tmp_path):
     assert read_manifest_info(prepare_manifest("folder", raw, tmp_path / "g.csv", num_workers=1).manifest)["questions"] == []
     with pytest.raises(ValueError, match=r"--positive \['cancer'\].*\['benign', 'malignant'\]"):
         prepare_manifest("folder", raw, tmp_path / "h.csv", positive_classes=["cancer"], num_workers=1)
+    from medvit.cli import main
+
+    assert main(["prepare", "folder", str(raw), "--out", str(tmp_path / "cli.csv"), "--positive", "malignant"]) == 0
+    assert read_manifest_info(tmp_path / "cli.csv")["questions"][0]["positive_classes"] == ["malignant"]
