@@ -29,14 +29,15 @@ clean:
 
 # ---- demo-models (owner: app) -------------------------------------------------------------------------
 # `make demo-models` regenerates the embedded demo models in app/demo_models/ from the development pools
-# ($(POOLS), see its README) and the committed configs experiments/configs/demo_*.yaml:
-#   * ImageNet tf_efficientnet_lite0 fine-tuned per dataset (busi, ham10000, eyepacs): the page's defaults;
-#   * vvt_tiny and acc_vit_tiny on BUSI, each trained from scratch AND distilled from the BUSI lite0
-#     (DeiT-style soft targets); `medvit demo-export` keeps the one with the higher validation macro F1
-#     (at each run's kept epoch; the test split plays no part in the choice) and records both runs'
-#     scores in selection.json (the page's model card shows them).
-# `medvit train` ends with the test-split evaluation and report/ (per-class metrics with bootstrap CIs);
-# `medvit demo-export` copies model.json, config.yaml, metrics.csv, report/ and fp16 best.safetensors.
+# ($(POOLS), see its README) and the committed configs experiments/configs/{demo_*,pretrain_*}.yaml:
+#   * ImageNet tf_efficientnet_lite0 (bundled weights), all layers fine-tuned per dataset (busi, ham10000, eyepacs);
+#   * vvt_tiny on BUSI from `medvit pretrain` (ImageNet EfficientNet-Lite2 distilled stage by stage on the pools'
+#     unlabeled train images) AND from random init, same recipe, both with KD from the BUSI lite0; demo-export
+#     keeps the one with the higher validation macro F1 (the test split plays no part in any choice);
+#   * acc_vit_nano on BUSI with KD from the BUSI lite0.
+# `medvit demo-export` stores per-channel int8 weights and measures them again as stored (validation and test
+# predictions, calibration, report/); `medvit demo-defaults` makes each dataset's best model on validation the
+# page's default. docs/pretraining.md's comparison is rewritten by experiments/pretrain_comparison.py.
 # Runs are written to $(DEMO_RUNS) (git-ignored). On a GPU: make demo-models DEMO_SET='--set device=cuda'.
 POOLS ?= ../shared/datasets/pools
 DEMO_RUNS ?= runs/demo_models
@@ -57,17 +58,25 @@ demo-models: $(STAMP)
 	$(call demo_train,demo_busi_lite0,busi_lite0,busi_256,)
 	$(call demo_train,demo_ham10000_lite0,ham10000_lite0,ham10000_200x150,)
 	$(call demo_train,demo_eyepacs_lite0,eyepacs_lite0,eyepacs_256,)
+	rm -rf runs/pretrain/vvt_tiny
+	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_tiny.yaml --out runs/pretrain/vvt_tiny \
+		--set data.0.root=$(POOLS)/busi_256 --set data.1.root=$(POOLS)/ham10000_200x150 \
+		--set data.2.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
+	$(call demo_train,demo_busi_vvt_tiny_pretrained,busi_vvt_tiny_pretrained,busi_256,--set pretrained=runs/pretrain/vvt_tiny)
 	$(call demo_train,demo_busi_vvt_tiny_scratch,busi_vvt_tiny_scratch,busi_256,)
-	$(call demo_train,demo_busi_vvt_tiny_distill,busi_vvt_tiny_distill,busi_256,--set distill.teacher=$(DEMO_RUNS)/busi_lite0)
-	$(call demo_train,demo_busi_acc_vit_tiny_scratch,busi_acc_vit_tiny_scratch,busi_256,)
-	$(call demo_train,demo_busi_acc_vit_tiny_distill,busi_acc_vit_tiny_distill,busi_256,--set distill.teacher=$(DEMO_RUNS)/busi_lite0)
+	$(call demo_train,demo_busi_acc_vit_nano,busi_acc_vit_nano,busi_256,)
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
 	for d in busi ham10000 eyepacs; do \
-		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$${d}_lite0 --out $(DEMO_OUT)/$${d}_lite0 --default || exit 1; \
+		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$${d}_lite0 --out $(DEMO_OUT)/$${d}_lite0 || exit 1; \
 	done
-	for m in vvt_tiny acc_vit_tiny; do \
-		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_$${m}_scratch $(DEMO_RUNS)/busi_$${m}_distill \
-			--out $(DEMO_OUT)/busi_$${m} || exit 1; \
-	done
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_vvt_tiny_pretrained $(DEMO_RUNS)/busi_vvt_tiny_scratch \
+		--out $(DEMO_OUT)/busi_vvt_tiny
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_acc_vit_nano --out $(DEMO_OUT)/busi_acc_vit_nano
+	$(DEMO_MEDVIT) demo-defaults $(DEMO_OUT)
+	$(VENV)/bin/python experiments/pretrain_comparison.py --scratch $(DEMO_RUNS)/busi_vvt_tiny_scratch \
+		--distilled $(DEMO_RUNS)/busi_vvt_tiny_pretrained
+	{ echo "# Embedded demo models"; echo; \
+	  echo "Written by \`make demo-models\` (\`medvit demo --models\`: every figure read from each model's report/, test split of its pool, weights as stored)."; \
+	  echo; $(DEMO_MEDVIT) demo --models; } > docs/demo_models.md
 	@echo "[$$(date -u +%H:%M:%S)] demo models in $(DEMO_OUT):" && du -sh $(DEMO_OUT)/*
 # ---- end of demo-models -------------------------------------------------------------------------------

@@ -56,3 +56,12 @@ def test_int8_export_is_remeasured_as_stored_and_defaults_follow_validation(tiny
         assert chosen == {"busi": "busi_a"}
     assert json.loads((embedded / "busi_b" / "selection.json").read_text())["default_score"] == pytest.approx(1 / 3)
     assert sum(json.loads((embedded / d / "selection.json").read_text())["default"] for d in ("busi_a", "busi_b")) == 1
+
+
+def test_model_card_says_which_family(tiny_run):
+    from medvit.demo import load_model_card, model_family
+
+    assert load_model_card(tiny_run).family == "pyramid vision transformer (VVT, linear vicinity attention)"
+    assert model_family("tf_efficientnet_lite0") == "CNN (EfficientNet-Lite)"
+    assert model_family("acc_vit_nano").startswith("pyramid vision transformer (ACC-ViT")
+    assert model_family("not_a_model") == ""

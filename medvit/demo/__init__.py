@@ -14,7 +14,7 @@ The page (``app/streamlit_app.py``) is widgets plus calls into this package, one
 * :mod:`~medvit.demo.serve`: :func:`serve_demo` (``medvit demo``) and :func:`streamlit_command`.
 """
 
-from medvit.demo.card import ModelCard, demo_models_markdown, load_model_card
+from medvit.demo.card import ModelCard, demo_models_markdown, load_model_card, model_family
 from medvit.demo.catalog import RunEntry, app_dir, default_run, discover_runs
 from medvit.demo.explanation import (
     DemoModel,
@@ -62,6 +62,7 @@ __all__ = [
     "explanation_to_json",
     "render_explanation_png",
     "load_model_card",
+    "model_family",
     "demo_models_markdown",
     "export_demo_model",
     "validation_score",

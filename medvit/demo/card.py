@@ -36,6 +36,7 @@ class ModelCard:
 
     Attributes:
         backbone: the model name.
+        family: what kind of network it is, e.g. "pyramid vision transformer (VVT)" or "CNN (EfficientNet-Lite)".
         pretrained: where the initial weights came from.
         training: how the model was trained (epochs, image size, lr, distillation, ...), as label -> text.
         dataset: dataset name.
@@ -61,6 +62,26 @@ class ModelCard:
     selection: dict[str, Any] = field(default_factory=dict)
     train_seconds: float | None = None
     clinical: dict[str, str] = field(default_factory=dict)
+    family: str = ""
+
+
+_FAMILY_WORDS = {
+    "vvt": "pyramid vision transformer (VVT, linear vicinity attention)",
+    "acc_vit": "pyramid vision transformer (ACC-ViT, atrous attention)",
+    "pvt_v2": "pyramid vision transformer (PVT v2)",
+    "swin": "pyramid vision transformer (Swin)",
+    "maxvit": "hybrid CNN-transformer (MaxViT)",
+    "convnext": "CNN (ConvNeXt)",
+    "efficientnet_lite": "CNN (EfficientNet-Lite)",
+}
+
+
+def model_family(model_name: str) -> str:
+    """The kind of network ``model_name`` is, in words for the page (empty when unknown)."""
+    from medvit.models import get_model_info
+
+    info = get_model_info(model_name)
+    return _FAMILY_WORDS.get(info.family, info.family) if info is not None else ""
 
 
 def load_model_card(path: str | Path) -> ModelCard:
@@ -94,6 +115,7 @@ def load_model_card(path: str | Path) -> ModelCard:
         selection=read_selection(path),
         train_seconds=training_seconds(read_metrics(path)),
         clinical=clinical_card(summary),
+        family=model_family(str(info.get("model", ""))),
     )
 
 
