@@ -272,15 +272,16 @@ def test_cli_explain_image_with_mask(tiny_run, tmp_path) -> None:
     out = tmp_path / "out"
     argv = ["explain", str(tiny_run), str(tmp_path / "case 1.png"), "--out", str(out)]
     assert main(argv + ["--mask", str(tmp_path / "case 1_mask.png"), "--target", "malignant"]) == 0
-    files = sorted(p.name for p in out.iterdir())
-    assert files == ["case_1.json", "case_1_grid.png"] + [f"case_1_stage{k}.png" for k in range(1, 5)]
-    record = json.loads((out / "case_1.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["case_1"]
+    files = sorted(p.name for p in (out / "case_1").iterdir())
+    assert files == ["explanation.json", "grid.png"] + [f"stage{k}.png" for k in range(1, 5)]
+    record = json.loads((out / "case_1" / "explanation.json").read_text())
     assert record["target"]["name"] == "malignant" and record["target"]["index"] == 1
     assert set(record["probabilities"]) == {"benign", "malignant", "normal"}
     assert [s["stride"] for s in record["stages"]] == [4, 8, 16, 32]
     assert record["stages"][0]["resolution"] == [16, 16] and record["stages"][0]["shape"] == [8, 16, 16]  # 64x64 in
     assert set(record["stages"][2]["localization"]) == {"pointing", "energy", "iou"}
-    assert Image.open(out / "case_1_stage1.png").size == (64, 64)
+    assert Image.open(out / "case_1" / "stage1.png").size == (64, 64)
     assert main(argv + ["--target", "tumour"]) == 1
     (tmp_path / "broken.png").write_bytes(b"not an image")
     assert main(["explain", str(tiny_run), str(tmp_path / "broken.png"), "--out", str(out)]) == 1
@@ -294,8 +295,8 @@ def test_cli_explain_scores_over_a_split(tiny_run, synthetic_busi, tmp_path) -> 
     assert main(["explain", str(tiny_run), "--manifest", manifest, "--scores", "--split", "test", "--out", str(out)]) == 0
     import pandas as pd
 
-    table = pd.read_csv(out / "localization_test.csv")
+    table = pd.read_csv(out / "stage_scores_test.csv")
     assert list(table["stride"]) == [4, 8, 16, 32]
     assert (table["n"] > 0).all()
     assert table["energy"].between(0, 1).all()
-    assert "| stage | stride | n | pointing | energy | iou |" in (out / "localization_test.md").read_text()
+    assert "| stage | stride | n | pointing | energy | iou |" in (out / "stage_scores_test.md").read_text()

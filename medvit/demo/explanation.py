@@ -1,22 +1,21 @@
-"""One image's prediction and four stage CAMs as the page shows them (``explain_image``), and its downloads.
+"""One image's explanation as the page shows it (``explain_image``), and its downloads.
 
 :class:`DemoModel` holds a loaded run and the lock that serialises its explanations;
-:func:`explain_image` is one prediction plus the four stage CAMs, their overlays and, with a mask,
-the per-stage localisation scores; :func:`explanation_to_json` and :func:`render_explanation_png`
-are the page's downloads.
+:func:`explain_image` calls the one explanation pipeline (:func:`medvit.explain.pipeline.explain`, the
+same numbers as ``medvit explain``) under that lock and adds only what the page draws: the image at
+display size and each stage's map and overlay on it. :func:`explanation_to_json` (the pipeline's
+:meth:`~medvit.explain.pipeline.Explanation.to_json`) and :func:`render_explanation_png` are the downloads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from medvit.run_dir import Run, load_run
@@ -60,7 +59,7 @@ def load_demo_model(path: str | Path, device: str = "cpu") -> DemoModel:
 
 @dataclass
 class StageView:
-    """One pyramid stage's explanation as the page shows it."""
+    """One pyramid stage's explanation as the page shows it (``cam`` and ``overlay`` at display size)."""
 
     index: int
     name: str
@@ -68,7 +67,8 @@ class StageView:
     grid_size: tuple[int, int]
     cam: np.ndarray
     overlay: np.ndarray
-    localization: dict[str, float] | None = None
+    localization: dict[str, float | None] | None = None
+    faithfulness: dict[str, float | None] | None = None
 
     @property
     def caption(self) -> str:
@@ -78,44 +78,33 @@ class StageView:
 
 @dataclass
 class Explanation:
-    """One image's prediction and per-stage CAMs.
+    """One image's prediction and per-stage CAMs, for display.
 
     Attributes:
-        class_names: the run's classes.
-        probabilities: softmax over the classes, (K,).
-        predicted: index of the top class.
-        target: index of the class the CAMs explain.
-        method: CAM method name.
+        result: the pipeline's :class:`medvit.explain.pipeline.Explanation` (maps and scores at the
+            network input; its ``to_json()`` is the download).
         image: the displayed image, (h, w, 3) ``uint8`` (the input, at most ``_DISPLAY_MAX_SIDE`` px).
-        input_size: the network input (H, W).
         stages: one :class:`StageView` per pyramid stage (strides 4, 8, 16, 32).
         mask: the lesion mask at the display size, (h, w) {0, 1}, or ``None``.
-        seconds: time from image to probabilities and overlays.
-        run: the run directory.
-        model_name: the backbone.
-        stage_cams: the :class:`~medvit.explain.StageCams` result (maps at the network input size),
-            detached from the model (its ``stages`` hold no module references).
     """
 
-    class_names: list[str]
-    probabilities: np.ndarray
-    predicted: int
-    target: int
-    method: str
+    result: Any
     image: np.ndarray
-    input_size: tuple[int, int]
     stages: list[StageView]
     mask: np.ndarray | None
-    seconds: float
-    run: str
-    model_name: str
-    stage_cams: Any = None
 
-    @property
-    def ranking(self) -> list[tuple[str, float]]:
-        """(class, probability) pairs, most probable first."""
-        order = np.argsort(-self.probabilities, kind="stable")
-        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+    class_names = property(lambda self: self.result.class_names)
+    probabilities = property(lambda self: self.result.probabilities)
+    predicted = property(lambda self: self.result.predicted)
+    target = property(lambda self: self.result.target)
+    method = property(lambda self: self.result.method)
+    input_size = property(lambda self: self.result.input_size)
+    seconds = property(lambda self: self.result.seconds)
+    run = property(lambda self: self.result.run)
+    model_name = property(lambda self: self.result.model_name)
+    stage_cams = property(lambda self: self.result.stage_cams)
+    ranking = property(lambda self: self.result.ranking)
+    has_faithfulness = property(lambda self: self.result.faithfulness is not None)
 
 
 def _display_image(rgb: np.ndarray, max_side: int = _DISPLAY_MAX_SIDE) -> np.ndarray:
@@ -128,14 +117,13 @@ def _display_image(rgb: np.ndarray, max_side: int = _DISPLAY_MAX_SIDE) -> np.nda
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
 
 
-def _resize_map(values: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """Resize a 2-D float or {0, 1} map to ``shape`` (H, W)."""
-    if values.shape == tuple(shape):
-        return values
-    x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
-    mode = "nearest" if nearest else "bilinear"
-    kwargs = {} if nearest else {"align_corners": False}
-    return torch.nn.functional.interpolate(x, size=tuple(shape), mode=mode, **kwargs)[0, 0].numpy()
+def _display_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A CAM at the network input resized (bilinear) to the displayed image, clipped to [0, 1]."""
+    import cv2
+
+    if cam.shape == tuple(shape):
+        return cam
+    return np.clip(cv2.resize(cam, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
 
 
 def overlay_stages(explanation: Explanation, alpha: float) -> list[np.ndarray]:
@@ -145,6 +133,10 @@ def overlay_stages(explanation: Explanation, alpha: float) -> list[np.ndarray]:
     return [overlay_cam(explanation.image, stage.cam, alpha=alpha) for stage in explanation.stages]
 
 
+PAGE_FAITHFULNESS_CURVE_STEPS = 5
+"""Deletion/insertion points on the page (the CLI's default is 10): fewer extra passes per click."""
+
+
 def explain_image(
     model: DemoModel,
     rgb: np.ndarray,
@@ -152,13 +144,13 @@ def explain_image(
     target: int | None = None,
     mask: np.ndarray | None = None,
     alpha: float = _DEFAULT_OVERLAY_ALPHA,
+    faithfulness: bool = False,
 ) -> Explanation:
-    """Predict one image and explain it at every pyramid stage.
+    """Predict one image and explain it at every pyramid stage, for the page.
 
-    ``preprocess_image`` (the eval pipeline's resize + normalisation), then
-    :func:`medvit.explain.compute_stage_cams` under the model's lock, then each CAM resized to the
-    displayed image and overlaid; with a mask, each stage's CAM is scored against it
-    (:func:`medvit.explain.localization_scores`).
+    :func:`medvit.explain.pipeline.explain` under the model's lock (localisation scores with a mask,
+    ROAD and deletion/insertion scores with ``faithfulness``), then each stage's map resized to the
+    displayed image and overlaid.
 
     Args:
         model: the loaded run (:func:`load_demo_model`).
@@ -167,95 +159,43 @@ def explain_image(
         target: class index to explain; ``None`` explains the predicted class.
         mask: (H, W) lesion mask of the image ({0, 1} or bool), or ``None``.
         alpha: overlay opacity of the heat map, in [0, 1].
+        faithfulness: add the per-stage faithfulness scores (extra model passes).
 
     Raises:
         ValueError: a bad image or mask shape, an unknown method or an out-of-range target.
     """
-    from medvit.data.transforms import preprocess_image
-    from medvit.explain import compute_stage_cams, localization_scores, overlay_cam
+    from medvit.explain import overlay_cam
+    from medvit.explain.faithfulness import FaithfulnessConfig
+    from medvit.explain.pipeline import explain, resize_mask
 
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {tuple(rgb.shape)}")
-    if mask is not None and tuple(mask.shape[:2]) != tuple(rgb.shape[:2]):
-        raise ValueError(
-            f"the mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image is {rgb.shape[1]}x{rgb.shape[0]}; "
-            "use the image's own mask"
-        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay opacity must be in [0, 1], got {alpha}")
-    run = model.run
-    start = time.perf_counter()
-    tensor = preprocess_image(rgb, run.image_size, run.mean, run.std)
-    with model.lock:
-        cams = compute_stage_cams(run.model, tensor, target=target, method=method)
+    config = FaithfulnessConfig(curve_steps=PAGE_FAITHFULNESS_CURVE_STEPS) if faithfulness else None
+    result = explain(model.run, rgb, method=method, target=target, mask=mask, faithfulness=config, lock=model.lock)
     image = _display_image(rgb)
-    display_mask = input_mask = None
-    if mask is not None:
-        binary = (np.asarray(mask) > 0).astype(np.float32)
-        display_mask = (_resize_map(binary, image.shape[:2], nearest=True) > 0.5).astype(np.uint8)
-        input_mask = _resize_map(binary, tuple(run.image_size), nearest=True) > 0.5
     views = []
-    for index, (cam, stage, grid) in enumerate(zip(cams.cams, cams.stages, cams.grid_sizes)):
-        scores = None
-        if input_mask is not None and input_mask.any():  # scored at the network input, as medvit explain does
-            scores = dataclasses.asdict(localization_scores(cam, input_mask))
-        cam_display = np.clip(_resize_map(cam, image.shape[:2]), 0.0, 1.0)
+    for stage in result.stages:
+        cam = _display_map(stage.cam, image.shape[:2])
         views.append(
             StageView(
-                index=index,
+                index=stage.index,
                 name=stage.name,
-                stride=int(stage.reduction),
-                grid_size=tuple(int(g) for g in grid),
-                cam=cam_display,
-                overlay=overlay_cam(image, cam_display, alpha=alpha),
-                localization=scores,
+                stride=stage.stride,
+                grid_size=stage.grid_size,
+                cam=cam,
+                overlay=overlay_cam(image, cam, alpha=alpha),
+                localization=stage.localization_dict(),
+                faithfulness=stage.faithfulness.scores() if stage.faithfulness is not None else None,
             )
         )
-    probabilities = np.asarray(cams.probabilities, dtype=np.float64)
-    # keep the result without references to the shared model's modules (it may be cached and pickled)
-    detached = dataclasses.replace(cams, stages=[dataclasses.replace(s, module=None) for s in cams.stages])
-    return Explanation(
-        class_names=list(run.class_names),
-        probabilities=probabilities,
-        predicted=int(probabilities.argmax()),
-        target=int(cams.target),
-        method=method,
-        image=image,
-        input_size=tuple(run.image_size),
-        stages=views,
-        mask=display_mask,
-        seconds=time.perf_counter() - start,
-        run=str(run.path),
-        model_name=run.model_name,
-        stage_cams=detached,
-    )
+    display_mask = resize_mask(mask, image.shape[:2]).astype(np.uint8) if mask is not None else None
+    return Explanation(result=result, image=image, stages=views, mask=display_mask)
 
 
-def explanation_to_json(explanation: Explanation, source: str = "") -> dict[str, Any]:
-    """The page's JSON download: prediction, probabilities, stages and localisation scores."""
-    names = explanation.class_names
-    return {
-        "source": source,
-        "run": explanation.run,
-        "model": explanation.model_name,
-        "input_size": list(explanation.input_size),
-        "method": explanation.method,
-        "predicted": names[explanation.predicted],
-        "target": names[explanation.target],
-        "probabilities": {names[i]: float(p) for i, p in enumerate(explanation.probabilities)},
-        "stages": [
-            {
-                "stage": view.index + 1,
-                "module": view.name,
-                "stride": view.stride,
-                "grid_size": list(view.grid_size),
-                **({"localization": view.localization} if view.localization is not None else {}),
-            }
-            for view in explanation.stages
-        ],
-        "seconds": explanation.seconds,
-        "notice": "research use only, not for diagnosis",
-    }
+def explanation_to_json(explanation: Explanation, source: str = "", mask_source: str | None = None) -> dict[str, Any]:
+    """The page's JSON download: :meth:`medvit.explain.pipeline.Explanation.to_json`, the layout of
+    ``medvit explain``'s ``explanation.json`` (``source``/``mask_source``: the names it records)."""
+    return dataclasses.replace(explanation.result, source=source, mask_source=mask_source).to_json()
 
 
 def render_explanation_png(explanation: Explanation, alpha: float = _DEFAULT_OVERLAY_ALPHA) -> bytes:

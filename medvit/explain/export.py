@@ -1,10 +1,22 @@
-"""Files of ``medvit explain``: per-image grid, overlays and JSON; per-split localisation tables."""
+"""Files of ``medvit explain``: one folder per image, written all or nothing; per-split score tables.
+
+Per image ``<out>/<stem>/`` holds ``explanation.json`` (:meth:`~medvit.explain.pipeline.Explanation.to_json`),
+``grid.png`` (the image and the four overlays), ``stage{1..4}.png`` and, with faithfulness scores,
+``curves.png`` (deletion/insertion per stage). Everything is computed and encoded in memory first, written
+into a hidden temporary folder next to it, and renamed into place, so an image that fails (unreadable
+file, mask of another size) leaves nothing behind and a finished folder is always complete. A bad image
+does not stop the batch: :func:`explain_images` returns one :class:`ExplainFailure` per bad file.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -12,66 +24,116 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medvit.explain.cam import StageCams, compute_stage_cams
-from medvit.explain.localization import DEFAULT_TOP_FRACTION, SCORE_NAMES, score_split, stage_localization_scores
-from medvit.explain.overlay import denormalize_image, figure_to_png, overlay_cam, render_grid
+from medvit.explain.faithfulness import FaithfulnessConfig
+from medvit.explain.localization import DEFAULT_TOP_FRACTION
+from medvit.explain.overlay import figure_to_png, overlay_cam, render_curves, render_grid
+from medvit.explain.pipeline import Explanation, explain, resolve_class
+from medvit.explain.split import SplitScores, score_split
 
-__all__ = ["explain_images", "resolve_class", "stage_summary", "write_split_scores"]
+__all__ = [
+    "EXPLANATION_JSON",
+    "ExplainBatch",
+    "ExplainFailure",
+    "explain_images",
+    "explanation_files",
+    "resolve_class",
+    "write_explanation",
+    "write_split_scores",
+]
 
 _logger = logging.getLogger(__name__)
 
-
-def resolve_class(target: str | int | None, class_names: Sequence[str]) -> int | None:
-    """A class given by name or index (``"malignant"``, ``"2"``, ``2``) -> its index; None stays None.
-
-    Raises:
-        ValueError: Unknown name or index out of range (the message lists the classes).
-    """
-    if target is None:
-        return None
-    names = list(class_names)
-    if isinstance(target, str) and target in names:
-        return names.index(target)
-    try:
-        index = int(target)
-    except ValueError:
-        index = None
-    if index is None or not 0 <= index < len(names):
-        choices = ", ".join(f"{k}={name}" for k, name in enumerate(names))
-        raise ValueError(f"unknown target class {target!r}; use a class name or index ({choices})")
-    return index
+EXPLANATION_JSON = "explanation.json"
 
 
-def stage_summary(stage_cams: StageCams) -> list[dict]:
-    """Per stage: module, stride, map shape (C, h, w), resolution and the CAM maximum's location (y, x)."""
-    summary = []
-    for index, (stage, cam) in enumerate(zip(stage_cams.stages, stage_cams.cams)):
-        grid = stage_cams.grid_sizes[index] if index < len(stage_cams.grid_sizes) else None
-        peak_y, peak_x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        summary.append(
-            {
-                "stage": index + 1,
-                "module": stage.name,
-                "stride": stage.reduction,
-                "shape": [stage.num_chs, *grid] if grid else None,
-                "resolution": list(grid) if grid else None,
-                "max_location": [int(peak_y), int(peak_x)],
-                "max_value": float(cam[peak_y, peak_x]),
-                "mean_value": float(cam.mean()),
-            }
-        )
-    return summary
+@dataclass(frozen=True)
+class ExplainFailure:
+    """One image that could not be explained, with a one-line reason."""
+
+    image: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.image}: {self.reason}"
+
+
+@dataclass
+class ExplainBatch:
+    """Result of :func:`explain_images`: the folders written and the images that failed."""
+
+    records: list[dict] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    failures: list[ExplainFailure] = field(default_factory=list)
+
+    @property
+    def is_complete(self) -> bool:
+        return not self.failures
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
     stems: list[str] = []
     for path in paths:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("_") or "image"
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("_.") or "image"
         candidate, k = stem, 2
         while candidate in stems:
             candidate, k = f"{stem}_{k}", k + 1
         stems.append(candidate)
     return stems
+
+
+def explanation_files(explanation: Explanation, alpha: float = 0.5) -> dict[str, bytes]:
+    """The files of one explanation, encoded in memory: file name -> bytes."""
+    import io
+
+    files: dict[str, bytes] = {}
+    figure = render_grid(explanation.image, explanation.stage_cams, explanation.class_names, alpha=alpha)
+    files["grid.png"] = figure_to_png(figure)
+    for stage in explanation.stages:
+        buffer = io.BytesIO()
+        Image.fromarray(overlay_cam(explanation.image, stage.cam, alpha)).save(buffer, format="PNG")
+        files[f"stage{stage.index + 1}.png"] = buffer.getvalue()
+    if explanation.faithfulness is not None and explanation.faithfulness.fractions:
+        curves = render_curves(
+            explanation.faithfulness.fractions,
+            [s.faithfulness.deletion for s in explanation.stages],
+            [s.faithfulness.insertion for s in explanation.stages],
+            [s.caption for s in explanation.stages],
+            explanation.class_names[explanation.target],
+        )
+        files["curves.png"] = figure_to_png(curves)
+    files[EXPLANATION_JSON] = (json.dumps(explanation.to_json(), indent=2, allow_nan=False) + "\n").encode()
+    return files
+
+
+def write_explanation(files: dict[str, bytes], folder: str | Path) -> Path:
+    """Write one explanation's files as ``folder``, all or nothing (temporary folder, then rename).
+
+    An existing ``folder`` (an earlier run) is replaced only once the new one is complete.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        os.chmod(staging, 0o755)  # mkdtemp creates 0700
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.replace(folder, old / folder.name)
+            os.replace(staging, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _reason(error: BaseException, path: Path) -> str:
+    """A one-line reason: the error's first line, without the image path it may start with."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.removeprefix(f"{path}: ")
 
 
 def explain_images(
@@ -83,14 +145,15 @@ def explain_images(
     masks: Sequence[str | Path] | None = None,
     top_fraction: float = DEFAULT_TOP_FRACTION,
     alpha: float = 0.5,
-) -> list[dict]:
-    """Explain images with a run's model: per image a grid PNG, four overlay PNGs and a JSON.
+    faithfulness: FaithfulnessConfig | bool | None = None,
+    sanity: bool = False,
+) -> ExplainBatch:
+    """Explain images with a run's model: one folder per image (see the module docstring).
 
-    Writes ``<stem>_grid.png``, ``<stem>_stage{1..4}.png`` and ``<stem>.json`` under ``out``. Images
-    are read with :func:`medvit.data.images.read_image` and resized/normalised with
-    :func:`medvit.data.transforms.preprocess_image` (the eval pipeline); overlays are drawn on the
-    resized image the model saw. A mask is read with :func:`medvit.data.images.read_mask` and resized
-    (nearest) like the image.
+    Each image goes through :func:`medvit.explain.pipeline.explain` (read with
+    :func:`medvit.data.images.read_image`; a mask with :func:`medvit.data.images.read_mask`, checked
+    against the image's size). A missing, empty, truncated or oversized file, or a mask that does not
+    fit, fails that image only: its reason is logged and returned, and the next image is processed.
 
     Args:
         run_dir: A run directory (:func:`medvit.run_dir.load_run`).
@@ -101,19 +164,19 @@ def explain_images(
         masks: One lesion mask per image (same order), to add localisation scores.
         top_fraction: Share of CAM pixels kept for the IoU.
         alpha: Heat-map weight of the overlays.
+        faithfulness: True or a :class:`FaithfulnessConfig`: per-stage ROAD and deletion/insertion
+            scores in the JSON and ``curves.png``.
+        sanity: Add the per-stage model-randomisation check to the JSON.
 
     Returns:
-        The JSON records written, one per image.
+        :class:`ExplainBatch` with the JSON records and folders written and the failures.
 
     Raises:
-        FileNotFoundError: Missing run, image or mask.
-        ValueError: Unreadable image (:class:`~medvit.data.images.ImageReadError`), mask count or size
-            mismatch, unknown method or class.
+        FileNotFoundError / ValueError: Problems of the whole batch, before any image: no image, a mask
+            count that differs from the image count, a missing or corrupt run, an unknown method or class.
     """
-    import torch
-
     from medvit.data.images import read_image, read_mask
-    from medvit.data.transforms import Resize2d, preprocess_image
+    from medvit.explain.cam import stage_cam_class
     from medvit.run_dir import load_run
 
     image_paths = [Path(p) for p in images]
@@ -122,75 +185,71 @@ def explain_images(
         raise ValueError("no image given; pass one or more image files")
     if mask_paths is not None and len(mask_paths) != len(image_paths):
         raise ValueError(f"{len(mask_paths)} masks for {len(image_paths)} images; pass one --mask per image, in order")
-    for path in image_paths + (mask_paths or []):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+    stage_cam_class(method)
     run = load_run(run_dir)
-    target_index = resolve_class(target, run.class_names)
+    resolve_class(target, run.class_names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    batch = ExplainBatch()
     for index, (path, stem) in enumerate(zip(image_paths, _unique_stems(image_paths))):
-        rgb = read_image(path)
-        tensor = preprocess_image(rgb, run.image_size, run.mean, run.std)
-        cams = compute_stage_cams(run.model, tensor, target=target_index, method=method)
-        shown = denormalize_image(tensor, run.mean, run.std)
-        figure = render_grid(shown, cams, run.class_names, alpha=alpha)
-        (out / f"{stem}_grid.png").write_bytes(figure_to_png(figure))
-        for k, cam in enumerate(cams.cams):
-            Image.fromarray(overlay_cam(shown, cam, alpha)).save(out / f"{stem}_stage{k + 1}.png")
-        record = {
-            "image": str(path),
-            "run": str(run.path),
-            "model": run.model_name,
-            "method": method,
-            "input_size": list(run.image_size),
-            "probabilities": {name: float(p) for name, p in zip(run.class_names, cams.probabilities)},
-            "predicted": run.class_names[int(np.argmax(cams.probabilities))],
-            "target": {
-                "index": cams.target,
-                "name": run.class_names[cams.target],
-                "probability": float(cams.probabilities[cams.target]),
-            },
-            "stages": stage_summary(cams),
-        }
-        if mask_paths is not None:
-            mask = read_mask(mask_paths[index], shape=rgb.shape[:2])
-            mask = Resize2d(run.image_size, mode="nearest")(torch.from_numpy(mask[None].astype(np.float32)))[0]
-            record["mask"] = str(mask_paths[index])
-            record["top_fraction"] = top_fraction
-            if bool((mask > 0.5).any()):
-                for summary, scores in zip(record["stages"], stage_localization_scores(cams, mask, top_fraction)):
-                    summary["localization"] = {  # NaN (a constant CAM) is written as null
-                        name: None if np.isnan(getattr(scores, name)) else getattr(scores, name) for name in SCORE_NAMES
-                    }
-            else:
-                _logger.warning("%s: the mask is empty; no localisation scores", mask_paths[index])
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        _logger.info(
-            "%s: %s p=%.3f -> %s", path, record["target"]["name"], record["target"]["probability"], out / f"{stem}_grid.png"
-        )
-        records.append(record)
-    return records
+        mask_path = mask_paths[index] if mask_paths is not None else None
+        try:
+            for file in (path, mask_path):
+                if file is not None and not file.is_file():
+                    raise FileNotFoundError(f"{file}: no such file")
+            rgb = read_image(path)
+            mask = read_mask(mask_path, shape=rgb.shape[:2]) if mask_path is not None else None
+            explanation = explain(
+                run,
+                rgb,
+                method=method,
+                target=target,
+                mask=mask,
+                top_fraction=top_fraction,
+                faithfulness=faithfulness,
+                sanity=sanity,
+                source=str(path),
+                mask_source=str(mask_path) if mask_path is not None else None,
+            )
+            files = explanation_files(explanation, alpha)
+        except (FileNotFoundError, ValueError, OSError) as error:  # ImageReadError is a ValueError
+            failure = ExplainFailure(str(path), _reason(error, path))
+            _logger.error("skipped %s", failure)
+            batch.failures.append(failure)
+            continue
+        folder = write_explanation(files, out / stem)
+        record = explanation.to_json()
+        _logger.info("%s: %s p=%.3f -> %s", path, record["target"]["name"], record["target"]["probability"], folder)
+        batch.records.append(record)
+        batch.folders.append(folder)
+    return batch
 
 
-def _markdown_table(table: pd.DataFrame) -> str:
-    """The score table as Markdown: ``mean [CI]`` per score and stage."""
-    header = ["stage", "stride", "n"] + [name for name in SCORE_NAMES]
+def _cell(row: pd.Series, name: str) -> str:
+    mean, low, high = row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+    return "n/a" if np.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def split_scores_markdown(result: SplitScores) -> str:
+    """The per-stage table as Markdown: ``mean [95% CI]`` per score and stage, with a note on settings."""
+    table = result.table
+    header = ["stage", "stride", "n", *result.scores]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table.itertuples(index=False):
-        cells = [f"{row.stage} ({row.module})", str(row.stride), str(row.n)]
-        for name in SCORE_NAMES:
-            mean, low, high = getattr(row, name), getattr(row, f"{name}_ci_low"), getattr(row, f"{name}_ci_high")
-            cells.append("n/a" if np.isnan(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-        lines.append("| " + " | ".join(cells) + " |")
+    for _, row in table.iterrows():
+        cells = [f"{row['stage']} ({row['module']})", str(row["stride"]), str(row["n"])]
+        lines.append("| " + " | ".join(cells + [_cell(row, name) for name in result.scores]) + " |")
     first = table.iloc[0]
     note = (
         f"\n{first['method']} CAMs for the {'true' if first['target'] == 'label' else 'predicted'} class; "
-        f"mean [95% bootstrap CI] over images with a lesion mask; IoU at the top {first['top_fraction']:.0%} "
-        "of CAM pixels.\n"
+        f"mean [95% bootstrap CI] over images ({first['sampled']})"
     )
-    return "\n".join(lines) + "\n" + note
+    if "pointing" in result.scores:
+        note += f" with a lesion mask; IoU at the top {first['top_fraction']:.0%} of CAM pixels"
+    if "road_combined" in result.scores:
+        note += f"; ROAD at percentiles {first['road_percentiles']} (softmax probability)"
+    if "spearman" in result.scores:
+        note += "; sanity: Spearman/SSIM with the map once the head and later stages are randomised (flagged: Spearman >= 0.5)"
+    return "\n".join(lines) + "\n" + note + ".\n"
 
 
 def write_split_scores(
@@ -203,22 +262,28 @@ def write_split_scores(
     top_fraction: float = DEFAULT_TOP_FRACTION,
     target: str = "label",
     max_images: int | None = None,
-) -> pd.DataFrame:
-    """Localisation scores per stage over a manifest split: ``localization_<split>.csv`` and ``.md``.
+    faithfulness: FaithfulnessConfig | bool | None = None,
+    sanity: bool = False,
+    sample_seed: int | None = None,
+) -> SplitScores:
+    """Per-stage scores over a manifest split: ``stage_scores_<split>.csv``, ``.md`` and ``_per_image.csv``.
 
     Args:
         run_dir: A run directory.
-        manifest: Manifest CSV with lesion masks.
+        manifest: Manifest CSV (with lesion masks for localisation scores).
         out: Output folder (created).
         root: Raw folder of the manifest; default the one recorded in its side JSON.
         split: ``train``, ``val`` or ``test``.
         method: A CAM method name.
         top_fraction: Share of CAM pixels kept for the IoU.
         target: ``"label"`` (true class) or ``"predicted"``.
-        max_images: Score at most this many masked images.
+        max_images: Score at most this many images.
+        faithfulness: Add ROAD and deletion/insertion scores (True or a :class:`FaithfulnessConfig`).
+        sanity: Add the cascading-randomisation check.
+        sample_seed: With ``max_images``, draw the images at random with this seed.
 
     Returns:
-        The table (see :func:`~medvit.explain.score_split`).
+        :class:`~medvit.explain.split.SplitScores`.
     """
     from medvit.data.manifest import read_manifest_info
     from medvit.run_dir import load_run
@@ -231,12 +296,23 @@ def write_split_scores(
         if not root:
             raise ValueError(f"{manifest}: no raw folder recorded; pass --root")
     run = load_run(run_dir)
-    table = score_split(
-        run, manifest, root, split=split, method=method, top_fraction=top_fraction, target=target, max_images=max_images
+    result = score_split(
+        run,
+        manifest,
+        root,
+        split=split,
+        method=method,
+        top_fraction=top_fraction,
+        target=target,
+        max_images=max_images,
+        faithfulness=faithfulness,
+        sanity=sanity,
+        sample_seed=sample_seed,
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / f"localization_{split}.csv", index=False)
-    (out / f"localization_{split}.md").write_text(_markdown_table(table))
-    _logger.info("wrote %s", out / f"localization_{split}.csv")
-    return table
+    result.table.to_csv(out / f"stage_scores_{split}.csv", index=False)
+    result.per_image.to_csv(out / f"stage_scores_{split}_per_image.csv", index=False)
+    (out / f"stage_scores_{split}.md").write_text(split_scores_markdown(result))
+    _logger.info("wrote %s", out / f"stage_scores_{split}.csv")
+    return result

@@ -82,7 +82,7 @@ class FaithfulnessConfig:
 
     def to_json(self) -> dict:
         return {
-            "score": "softmax probability of the target class",
+            "score": "softmax probability of the target class (calibrated when the run has a temperature)",
             "road_percentiles": list(self.percentiles),
             "road_imputer": "NoisyLinearImputer (pytorch-grad-cam)",
             "curve_fractions": self.fractions,
@@ -111,12 +111,14 @@ class StageFaithfulness:
         return {**self.scores(), "deletion_curve": self.deletion, "insertion_curve": self.insertion}
 
 
-def _softmax_scores(model: nn.Module, images: torch.Tensor, target: int, batch_size: int) -> np.ndarray:
-    """Target-class softmax probability of each image, in chunks, without gradients."""
+def _softmax_scores(
+    model: nn.Module, images: torch.Tensor, target: int, batch_size: int, temperature: float = 1.0
+) -> np.ndarray:
+    """Target-class softmax probability (of ``logits / temperature``) of each image, in chunks, without gradients."""
     scores = []
     with torch.no_grad():
         for chunk in torch.split(images, batch_size):
-            scores.append(torch.softmax(model(chunk).float(), dim=-1)[:, target].cpu())
+            scores.append(torch.softmax(model(chunk).float() / temperature, dim=-1)[:, target].cpu())
     return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
 
 
@@ -130,6 +132,7 @@ def stage_faithfulness(
     cams: Sequence[np.ndarray],
     target: int,
     config: FaithfulnessConfig | None = None,
+    temperature: float | None = None,
 ) -> list[StageFaithfulness]:
     """ROAD and deletion/insertion scores of each stage's map for one image, in one batched pass.
 
@@ -141,6 +144,8 @@ def stage_faithfulness(
         cams: One (H, W) map in [0, 1] per stage, at the input size.
         target: The class whose probability is perturbed.
         config: What to measure (default :class:`FaithfulnessConfig`).
+        temperature: The run's calibration temperature: scores are ``softmax(logits / temperature)``, the
+            probabilities the user sees (None: 1, the plain softmax, as pytorch-grad-cam's metrics).
 
     Returns:
         One :class:`StageFaithfulness` per map.
@@ -179,7 +184,7 @@ def stage_faithfulness(
                 rows += [delete(x, cam), insert(x, cam)]
     batch = torch.stack([x, torch.zeros_like(x)] + rows).to(next(model.parameters()).device)
     with _eval_mode(model):
-        scores = _softmax_scores(model, batch, int(target), config.batch_size)
+        scores = _softmax_scores(model, batch, int(target), config.batch_size, float(temperature or 1.0))
     base, empty, perturbed = scores[0], scores[1], dict(zip(keys, scores[2:]))
     results = []
     for index in range(len(maps)):

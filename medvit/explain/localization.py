@@ -22,27 +22,22 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import bootstrap
 
-from medvit.explain.cam import StageCams, compute_stage_cams
+from medvit.explain.cam import StageCams
 from medvit.explain.options import DEFAULT_TOP_FRACTION
-
-if TYPE_CHECKING:
-    from medvit.run_dir import Run
 
 __all__ = [
     "DEFAULT_TOP_FRACTION",
     "LocalizationScores",
     "SCORE_NAMES",
     "localization_scores",
-    "score_split",
     "stage_localization_scores",
     "summarize_scores",
 ]
@@ -174,77 +169,3 @@ def summarize_scores(
             row[f"n_{name}"] = int(np.isfinite(values).sum())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _iter_masked_batches(loader: Iterable[dict]) -> Iterable[tuple[torch.Tensor, int, torch.Tensor, str]]:
-    for batch in loader:
-        if "mask" not in batch:
-            raise ValueError("the manifest has no 'mask' column; localisation scores need lesion masks (e.g. BUSI)")
-        for image, label, mask, path in zip(batch["image"], batch["label"], batch["mask"], batch["path"]):
-            yield image, int(label), mask[0], str(path)
-
-
-def score_split(
-    run: Run,
-    manifest: str | Path,
-    root: str | Path,
-    split: str = "test",
-    method: str = "gradcam",
-    top_fraction: float = DEFAULT_TOP_FRACTION,
-    target: Literal["label", "predicted"] = "label",
-    max_images: int | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Localisation scores of each stage's CAM over the images of a split that have a lesion mask.
-
-    Images come through the data layer's eval pipeline (:func:`medvit.data.loaders.create_dataloader`),
-    so image and mask are resized together (mask: nearest) to the run's input size.
-
-    Args:
-        run: A loaded run (:func:`medvit.run_dir.load_run`).
-        manifest: Manifest CSV with a ``mask`` column.
-        root: Raw folder the manifest paths are relative to.
-        split: ``train``, ``val`` or ``test``.
-        method: A :data:`~medvit.explain.CAM_METHODS` name.
-        top_fraction: Share of CAM pixels kept for the IoU.
-        target: Explain the true class (``"label"``) or the predicted one (``"predicted"``).
-        max_images: Stop after this many masked images (None: all).
-        seed: Seed of the bootstrap intervals.
-
-    Returns:
-        The per-stage table of :func:`summarize_scores`, plus ``method``, ``target`` and ``top_fraction``
-        columns.
-
-    Raises:
-        ValueError: No mask column, no image with a non-empty mask in the split, or a bad argument.
-    """
-    from medvit.data.loaders import create_dataloader
-
-    if target not in ("label", "predicted"):
-        raise ValueError(f"target={target!r}; choose 'label' or 'predicted'")
-    loader = create_dataloader(
-        manifest, root, split, run.image_size, run.mean, run.std, run.preset or "generic", batch_size=1, train=False
-    )
-    per_image: list[list[LocalizationScores]] = []
-    stages = None
-    skipped = 0
-    for image, label, mask, path in _iter_masked_batches(loader):
-        if max_images is not None and len(per_image) >= max_images:
-            break
-        if not bool((mask > 0.5).any()):
-            skipped += 1
-            continue
-        cams = compute_stage_cams(run.model, image, target=label if target == "label" else None, method=method)
-        stages = cams.stages
-        per_image.append(stage_localization_scores(cams, mask, top_fraction))
-        _logger.debug("%s: %s", path, [asdict(s) for s in per_image[-1]])
-    if not per_image:
-        raise ValueError(
-            f"no image of split {split!r} in {manifest} has a non-empty mask; localisation needs lesion masks"
-        )
-    _logger.info("scored %d %s images (%d without a lesion skipped)", len(per_image), split, skipped)
-    table = summarize_scores(per_image, stages, seed=seed)
-    table.insert(1, "method", method)
-    table["target"] = target
-    table["top_fraction"] = top_fraction
-    return table

@@ -14,7 +14,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from medvit.explain.cam import StageCams
 
-__all__ = ["denormalize_image", "figure_to_png", "overlay_cam", "render_grid", "stage_title"]
+__all__ = ["denormalize_image", "figure_to_png", "overlay_cam", "render_curves", "render_grid", "stage_title"]
 
 _logger = logging.getLogger(__name__)
 
@@ -128,3 +128,37 @@ def figure_to_png(figure: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def render_curves(
+    fractions: Sequence[float],
+    deletion: Sequence[Sequence[float]],
+    insertion: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    target_name: str = "target",
+) -> Figure:
+    """Deletion and insertion curves of each stage side by side (a plain ``Figure``).
+
+    Args:
+        fractions: Share of the pixels removed (deletion) or kept (insertion), the x axis.
+        deletion: Per stage, the target probability at each fraction, most relevant pixels removed first.
+        insertion: Per stage, the target probability at each fraction, most relevant pixels kept first.
+        labels: One legend entry per stage.
+        target_name: The explained class, for the y label.
+    """
+    figure = Figure(figsize=(8, 3.2), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, curves, title in ((axes[0], deletion, "deletion (lower area = faithful)"),
+                                (axes[1], insertion, "insertion (higher area = faithful)")):
+        for curve, label in zip(curves, labels):
+            if len(curve):
+                axis.plot(fractions, curve, marker="o", markersize=3, label=label)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    axes[0].set_xlabel("share of pixels removed, most relevant first")
+    axes[1].set_xlabel("share of pixels kept, most relevant first")
+    axes[0].set_ylabel(f"p({target_name})")
+    axes[1].legend(fontsize=8)
+    return figure

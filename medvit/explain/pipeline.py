@@ -67,9 +67,11 @@ def resolve_class(target: str | int | None, class_names: Sequence[str]) -> int |
         index = int(target)
     except (TypeError, ValueError):
         index = None
-    if index is None or not 0 <= index < len(names):
-        choices = ", ".join(f"{k}={name}" for k, name in enumerate(names))
+    choices = ", ".join(f"{k}={name}" for k, name in enumerate(names))
+    if index is None:
         raise ValueError(f"unknown target class {target!r}; use a class name or index ({choices})")
+    if not 0 <= index < len(names):
+        raise ValueError(f"target class {index} is out of range for {len(names)} classes; use one of ({choices})")
     return index
 
 
@@ -304,9 +306,10 @@ def explain_tensor(
     target_index = resolve_class(target, run.class_names)
     config = FaithfulnessConfig() if faithfulness is True else (faithfulness or None)
     sanity_seed = None if sanity is False or sanity is None else (0 if sanity is True else int(sanity))
+    temperature = _run_temperature(run)
     with lock if lock is not None else contextlib.nullcontext():
         cams = compute_stage_cams(run.model, image, target=target_index, method=method)
-        faithful = stage_faithfulness(run.model, image, cams.cams, cams.target, config) if config else None
+        faithful = stage_faithfulness(run.model, image, cams.cams, cams.target, config, temperature) if config else None
         checks = cascading_randomization(run.model, [image], [cams], method, seed=sanity_seed)[0] if sanity_seed is not None else None
     has_lesion = input_mask is not None and bool(input_mask.any())
     if input_mask is not None and not has_lesion:
@@ -326,7 +329,6 @@ def explain_tensor(
                 sanity=checks[index] if checks else None,
             )
         )
-    temperature = _run_temperature(run)
     detached = dataclasses.replace(cams, stages=[dataclasses.replace(s, module=None) for s in cams.stages])
     return Explanation(
         run=str(run.path),
