@@ -103,7 +103,8 @@ def sidebar_model(entries: list[demo.RunEntry]) -> tuple[demo.RunEntry, str, flo
         "Model (run directory)",
         runs,
         index=runs.index(default) if default in runs else 0,
-        format_func=lambda e: f"{e.label} · {e.model_name or '?'}" + (" · default" if e.is_default else ""),
+        format_func=lambda e: f"{e.label} · {e.model_name or '?'} ({demo.model_family(e.model_name).split(' (')[0] or '?'})"
+        + (" · default" if e.is_default else ""),
         key=f"run-{dataset}",
         help="Embedded demo models ship with the app; other run directories are found under the runs folder.",
     )
@@ -284,10 +285,10 @@ def show_model_card(entry: demo.RunEntry) -> None:
             st.error(f"No model card for {entry.path}: {error}")
             return
         st.markdown(
-            f"**Backbone:** `{card.backbone}`  \n"
+            f"**Backbone:** `{card.backbone}`" + (f" — {card.family}" if card.family else "") + "  \n"
             f"**Initial weights:** {card.pretrained}  \n"
             f"**Run directory:** `{entry.path}`"
-            + (" (embedded with the app, fp16 weights)" if entry.is_embedded else "")
+            + (f" (embedded with the app, {card.selection.get('storage', 'fp16')} weights)" if entry.is_embedded else "")
         )
         if card.selection:
             candidates = ", ".join(
