@@ -195,3 +195,20 @@ def test_split_scores_with_faithfulness_and_sanity(tiny_run, synthetic_busi, tmp
     markdown = (tmp_path / "stage_scores_test.md").read_text()
     assert "| stage | stride | n | pointing | energy | iou | road_combined |" in markdown
     assert "2 drawn with seed 0" in markdown and "ROAD at percentiles 50" in markdown
+
+
+@pytest.mark.slow
+def test_page_faithfulness_toggle(tmp_path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+    at = AppTest.from_file(str(app), default_timeout=300)
+    at.run()
+    at.text_input(key="runs_dir").set_value(str(tmp_path / "runs")).run()
+    assert not at.exception and not any("road_combined" in df.value.columns for df in at.dataframe)
+    at.toggle(key="faithfulness").set_value(True).run()
+    assert not at.exception and not at.error
+    table = next(df.value for df in at.dataframe if "road_combined" in df.value.columns)
+    assert list(table["stage"].str[:7]) == ["Stage 1", "Stage 2", "Stage 3", "Stage 4"]
+    assert table["road_combined"].dropna().between(-0.5, 0.5).all()
+    assert sum("ROAD" in c.value for c in at.caption) == 4

@@ -6,9 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from medvit.explain.options import CAM_METHOD_NAMES, DEFAULT_TOP_FRACTION
-
-_DEFAULT_PERCENTILES = (20, 50, 80)  # medvit.explain.faithfulness.DEFAULT_PERCENTILES, kept here without torch
+from medvit.explain.options import (
+    CAM_METHOD_NAMES,
+    DEFAULT_CURVE_STEPS,
+    DEFAULT_ROAD_PERCENTILES,
+    DEFAULT_TOP_FRACTION,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,12 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--road-percentiles",
         nargs="*",
         type=float,
-        default=list(_DEFAULT_PERCENTILES),
+        default=list(DEFAULT_ROAD_PERCENTILES),
         metavar="P",
-        help="ROAD percentiles (default 20 50 80; none: skip ROAD)",
+        help=f"ROAD percentiles (default {' '.join(map(str, DEFAULT_ROAD_PERCENTILES))}; none: skip ROAD)",
     )
     trust.add_argument(
-        "--curve-steps", type=int, default=10, help="deletion/insertion curve points beyond 0 (default 10; 0: none)"
+        "--curve-steps",
+        type=int,
+        default=DEFAULT_CURVE_STEPS,
+        help=f"deletion/insertion curve points beyond 0 (default {DEFAULT_CURVE_STEPS}; 0: none)",
     )
     trust.add_argument("--sanity", action="store_true", help="cascading model randomisation per stage (Spearman, SSIM)")
     split = parser.add_argument_group("split tables (--manifest M --scores)")

@@ -35,6 +35,7 @@ from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from torch import nn
 
 from medvit.explain.cam import _eval_mode
+from medvit.explain.options import DEFAULT_CURVE_STEPS, DEFAULT_ROAD_PERCENTILES
 
 __all__ = [
     "DEFAULT_PERCENTILES",
@@ -44,8 +45,7 @@ __all__ = [
     "stage_faithfulness",
 ]
 
-DEFAULT_PERCENTILES = (20, 50, 80)
-"""ROAD percentiles of the fast default (pytorch-grad-cam's ``ROADCombined`` uses 10, 20, ..., 90)."""
+DEFAULT_PERCENTILES = DEFAULT_ROAD_PERCENTILES
 
 FAITHFULNESS_NAMES = ("road_combined", "road_morf", "road_lerf", "deletion_auc", "insertion_auc")
 """Per-stage scores in table order."""
@@ -63,7 +63,7 @@ class FaithfulnessConfig:
     """
 
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
-    curve_steps: int = 10
+    curve_steps: int = DEFAULT_CURVE_STEPS
     batch_size: int = 32
     seed: int = 0
 
