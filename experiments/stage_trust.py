@@ -40,7 +40,6 @@ from medvit.run_dir import load_run
 _logger = logging.getLogger("medvit.experiments.stage_trust")
 
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- stage-trust:start -->", "<!-- stage-trust:end -->"
 COLUMNS = {
     "pointing": "pointing game",
     "energy": "energy in mask",
@@ -99,17 +98,26 @@ energy are blurred. The CIs are over images: with about 30-60 images per model, 
 ~0.05 between stages are within noise."""
 
 
-def write_between_markers(doc: Path, text: str) -> None:
-    """Replace the text between the stage-trust markers of ``doc`` (append the markers when missing)."""
+def write_between_markers(
+    doc: Path, text: str, name: str = "stage-trust", heading: str = "Which stage to trust (BUSI demo models)"
+) -> None:
+    """Replace the text between ``<!-- {name}:start -->`` and ``<!-- {name}:end -->`` of ``doc``.
+
+    When the markers are missing they are appended under ``## {heading}`` (the rest of the page is kept).
+
+    Raises:
+        ValueError: Only one marker, or the two out of order.
+    """
+    start_marker, end_marker = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     content = doc.read_text() if doc.is_file() else "# Explanations\n"
-    start, end = content.find(START), content.find(END)
+    start, end = content.find(start_marker), content.find(end_marker)
     if start < 0 and end < 0:
-        content = content.rstrip() + "\n\n## Which stage to trust (BUSI demo models)\n\n" + START + "\n" + END + "\n"
-        start, end = content.find(START), content.find(END)
+        content = content.rstrip() + f"\n\n## {heading}\n\n{start_marker}\n{end_marker}\n"
+        start, end = content.find(start_marker), content.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"{doc}: needs the markers {START} ... {END} (in that order) around the table")
+        raise ValueError(f"{doc}: needs the markers {start_marker} ... {end_marker} (in that order) around the table")
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(content[: start + len(START)] + "\n" + text.strip() + "\n" + content[end:])
+    doc.write_text(content[: start + len(start_marker)] + "\n" + text.strip() + "\n" + content[end:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

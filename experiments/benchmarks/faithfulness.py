@@ -12,11 +12,13 @@ test image, the best of ``--repeats`` calls after one warm-up of:
   model + 5 cascade steps x one CAM pass); over a split the copy is made once.
 
 All four stages are scored together (one batched forward pass); ``*_per_stage_s`` divides by four.
-Writes ``results/faithfulness.csv`` and ``results/faithfulness.md``.
+Writes ``results/faithfulness.csv``, ``results/faithfulness.md`` and, with ``--doc``, the table between the
+``<!-- explain-cost:start -->``/``<!-- explain-cost:end -->`` markers of that page (``docs/explanations.md``).
 
 Usage::
 
-    .venv/bin/python experiments/benchmarks/faithfulness.py [--runs app/demo_models/busi_*] [--repeats 2]
+    .venv/bin/python experiments/benchmarks/faithfulness.py [--runs app/demo_models/busi_*] [--repeats 2] \
+        [--doc docs/explanations.md]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,6 +50,7 @@ RESULTS = HERE / "results"
 DEFAULT_IMAGE = "Dataset_BUSI_with_GT/malignant/malignant (1).png"
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "pools" / "busi_256"
 
+COST_HEADING = "Cost of faithfulness and sanity scores (CPU)"
 CONFIGS = {
     "road_fast_s": FaithfulnessConfig(percentiles=(20, 50, 80), curve_steps=0),
     "road_full_s": FaithfulnessConfig(percentiles=tuple(range(10, 100, 10)), curve_steps=0),
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, help="also write the table into this page's explain-cost markers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -130,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         table = pd.DataFrame(rows)
         table.to_csv(args.out / "faithfulness.csv", index=False)
         (args.out / "faithfulness.md").write_text(to_markdown(table, args.repeats, args.image, os.getloadavg()))
-    print((args.out / "faithfulness.md").read_text())
+    text = (args.out / "faithfulness.md").read_text()
+    if args.doc is not None:
+        sys.path.insert(0, str(REPO / "experiments"))
+        from stage_trust import write_between_markers
+
+        command = f"python experiments/benchmarks/faithfulness.py --repeats {args.repeats} --doc {args.doc}"
+        write_between_markers(args.doc, f"Regenerate with `{command}`.\n\n{text}", "explain-cost", COST_HEADING)
+    print(text)
     return 0
 
 
