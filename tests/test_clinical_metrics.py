@@ -186,3 +186,7 @@ def test_subgroups_recall_worst_group_and_small_groups():
     assert not np.isnan(by["b"].recall.low) and by["b"].recall.low <= 0.5 <= by["b"].recall.high
     assert table.worst == {"recall": "b", "balanced_accuracy": "b", "auroc": "b"}
     assert by["b"].n_positive == 10
+    few = subgroup_table(labels, probs, groups, "site", positive_labels=[1], min_size=11, n_bootstrap=50)
+    by = {g.value: g for g in few.groups}
+    assert not by["b"].small and np.isnan(by["b"].recall.low) and not np.isnan(by["b"].balanced_accuracy.low)
+    assert few.worst == {"recall": None, "balanced_accuracy": "b", "auroc": None}  # 10 positives < 11

@@ -4,7 +4,8 @@ For each value of a reporting-only manifest column: recall (sensitivity of the d
 question at the predicted class; macro recall when there is no question), balanced accuracy and
 AUROC (of the question's score; macro one-vs-rest without one), each with a stratified bootstrap CI.
 Groups under ``min_size`` images get their point values and count but no CI, and are not eligible
-as the "worst group". Point values are scikit-learn's; the resamples reuse the vectorised
+as the "worst group"; with a clinical question, the same holds for recall and AUROC of a group with
+fewer than ``min_size`` positives. Point values are scikit-learn's; the resamples reuse the vectorised
 confusion-matrix and rank-AUROC code of :mod:`medvit.metrics.classification`.
 """
 
@@ -27,6 +28,7 @@ AGE_BANDS = (0, 20, 40, 60, 80)
 """Lower edges of the age bands (years): 0-19, 20-39, 40-59, 60-79, 80+."""
 MIN_GROUP_SIZE = 10
 METRICS = ("recall", "balanced_accuracy", "auroc")
+_POSITIVE_METRICS = ("recall", "auroc")
 
 
 def age_bands(ages: Sequence[Any]) -> list[str]:
@@ -144,14 +146,20 @@ def subgroup_table(
         boot = {}
         if not small and n_bootstrap > 0:
             boot = _resampled(y, p, pos, stratified_bootstrap_indices(y, n_bootstrap, seed))
+        n_positive = int(np.isin(y, pos).sum()) if pos is not None else 0
+        few_positives = pos is not None and n_positive < min_size  # recall and AUROC rest on the positives
         estimates = {
-            key: Estimate(point[key], *percentile_interval(boot[key], confidence)) if boot else Estimate(point[key])
+            key: Estimate(point[key], *percentile_interval(boot[key], confidence))
+            if boot and not (few_positives and key in _POSITIVE_METRICS) else Estimate(point[key])
             for key in METRICS
         }
-        n_positive = int(np.isin(y, pos).sum()) if pos is not None else 0
         rows.append(GroupMetrics(str(value), int(members.size), n_positive, small=small, **estimates))
     worst: dict[str, str | None] = {}
     for key in METRICS:
-        eligible = [g for g in rows if not g.small and not np.isnan(getattr(g, key).value)]
+        eligible = [
+            g for g in rows
+            if not g.small and not np.isnan(getattr(g, key).value)
+            and not (pos is not None and key in _POSITIVE_METRICS and g.n_positive < min_size)
+        ]
         worst[key] = min(eligible, key=lambda g: getattr(g, key).value).value if len(eligible) > 1 else None
     return SubgroupTable(column, rows, worst, min_size)

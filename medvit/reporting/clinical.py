@@ -251,7 +251,8 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
         lines.append(
             (f"Recall = sensitivity for {first} at the predicted class; AUROC of the {first} score. " if first
              else "Recall = macro recall; AUROC = macro one-vs-rest. ")
-            + "Groups under 10 images: count only, no CI, never the worst group.\n"
+            + "Groups under 10 images (for recall and AUROC: under 10 positives): value and count only, no CI, "
+            "never the worst group.\n"
         )
         for table in summary["subgroups"]:
             rows = [
