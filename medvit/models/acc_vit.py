@@ -67,6 +67,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from medvit.models.chunking import CPU_CHUNK_BYTES, cpu_images_per_chunk, map_image_chunks
 from medvit.models.init import init_linear_and_conv
@@ -206,7 +207,8 @@ def dilated_depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     ``P``) every residue reads the same sub-grid and one convolution of ``x[::d, ::d]`` at stride
     ``s / d`` is enough; otherwise the ``d * d`` shifted sub-grids are gathered (two ``index_select``)
     and go through one batched convolution whose outputs are interleaved back. Other cases (stride 1,
-    dilation 1, ``s`` and ``d`` sharing a factor without dividing) call ``conv`` itself.
+    dilation 1, ``s`` and ``d`` sharing a factor without dividing) call ``conv`` itself. With autograd on,
+    the gathered sub-grids (as large as ``x``) are gathered again in the backward instead of being kept.
 
     Args:
         x: Input, (B, C, H, W), channels-last memory format preferred.
@@ -220,13 +222,24 @@ def dilated_depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     is_square = all(len(set(v)) == 1 for v in (conv.stride, conv.dilation, conv.padding, conv.kernel_size))
     if not is_square or conv.padding_mode != "zeros" or stride == 1 or dilation == 1 or x.device.type != "cpu":
         return conv(x)
-    channels = x.shape[1]
     if stride % dilation == 0 and padding % dilation == 0:
         return F.conv2d(x[:, :, ::dilation, ::dilation], conv.weight, conv.bias, stride // dilation,
-                        padding // dilation, 1, channels)
+                        padding // dilation, 1, x.shape[1])
     if math.gcd(stride, dilation) != 1:
         return conv(x)
-    height, width = x.shape[-2:]
+    if torch.is_grad_enabled():  # keep x only (alive anyway) and gather the sub-grids again in the backward
+        return checkpoint(_residue_class_conv, x, conv.weight, conv.bias, stride, dilation, padding, kernel,
+                          use_reentrant=False)
+    return _residue_class_conv(x, conv.weight, conv.bias, stride, dilation, padding, kernel)
+
+
+def _residue_class_conv(
+        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, dilation: int, padding: int,
+        kernel: int,
+) -> torch.Tensor:
+    """The coprime case of :func:`dilated_depthwise_conv2d`: one batched undilated convolution of the
+    ``dilation ** 2`` shifted sub-grids, outputs interleaved back. (B, C, H, W) in and out."""
+    channels, height, width = x.shape[1:]
     out_h = (height + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     out_w = (width + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     rows_per_residue = -(-max(out_h, out_w) // dilation)  # outputs per residue class (rounded up; cropped below)
@@ -239,7 +252,7 @@ def dilated_depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
               (0, 0, padding, max(0, reach - width - padding), padding, max(0, reach - height - padding)))
     x = x.index_select(1, index).index_select(2, index)  # (B, d * span, d * span, C)
     x = rearrange(x, "b (rh n) (rw m) c -> (rh rw b) n m c", rh=dilation, rw=dilation).permute(0, 3, 1, 2)
-    y = F.conv2d(x, conv.weight, conv.bias, stride, 0, 1, channels)
+    y = F.conv2d(x, weight, bias, stride, 0, 1, channels)
     y = rearrange(y, "(rh rw b) c m1 m2 -> b (m1 rh) (m2 rw) c", rh=dilation, rw=dilation)
     return rearrange(y[:, :out_h, :out_w], "b h w c -> b c h w")
 
