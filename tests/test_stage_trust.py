@@ -81,11 +81,12 @@ def test_summarize_stage_values_means_and_cis() -> None:
 
 def test_faithfulness_benchmark_markdown() -> None:
     bench = _load(ROOT / "experiments" / "benchmarks" / "faithfulness.py", "medvit_faithfulness_bench")
-    row = {"run": "busi_lite0", "model": "tf_efficientnet_lite0", "input": "160x160", "explain_s": 0.1234}
+    row = {"run": "busi_lite0", "model": "tf_efficientnet_lite0", "input": "160x160", "explain_s": 0.1234, "explain_cpu_s": 0.2}
     for name, value in (("road_fast_s", 4.0), ("road_full_s", 12.0), ("curves_s", 0.8), ("sanity_s", 2.0)):
-        row[name], row[name.replace("_s", "_per_stage_s")] = value, value / 4
+        row[name], row[name.replace("_s", "_cpu_s")] = 2 * value, value
+        row[name.replace("_s", "_cpu_per_stage_s")] = value / 4
     text = bench.to_markdown(pd.DataFrame([row]), 2, "x.png", (1.0, 1.0, 1.0))
     assert text.splitlines()[2] == (
-        "| busi_lite0 | tf_efficientnet_lite0 | 160x160 | 0.12 | 4.00 (1.00/stage) | 12.00 (3.00/stage) | "
-        "0.80 (0.20/stage) | 2.00 (0.50/stage) |"
+        "| busi_lite0 | tf_efficientnet_lite0 | 160x160 | 0.12 / 0.20 | 8.00 / 4.00 (1.00/stage) | "
+        "24.00 / 12.00 (3.00/stage) | 1.60 / 0.80 (0.20/stage) | 4.00 / 2.00 (0.50/stage) |"
     )

@@ -58,15 +58,19 @@ CONFIGS = {
 }
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call."""
+def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Best wall time and best CPU time (this process, all threads) of ``repeats`` calls after a warm-up.
+
+    On a machine shared with other jobs the wall time includes waiting for a core; the CPU time does not.
+    """
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return min(wall), min(cpu)
 
 
 def benchmark(run_dir: Path, rgb, repeats: int) -> dict:
@@ -74,18 +78,17 @@ def benchmark(run_dir: Path, rgb, repeats: int) -> dict:
     run = load_run(run_dir)
     tensor = preprocess_image(rgb, run.image_size, run.mean, run.std)
     base = explain(run, rgb)
-    row = {
-        "run": run_dir.name,
-        "model": run.model_name,
-        "input": f"{run.image_size[0]}x{run.image_size[1]}",
-        "explain_s": best_time(lambda: explain(run, rgb), repeats),
-    }
+    row = {"run": run_dir.name, "model": run.model_name, "input": f"{run.image_size[0]}x{run.image_size[1]}"}
     cams = [stage.cam for stage in base.stages]
+    calls = {"explain_s": lambda: explain(run, rgb)}
     for name, config in CONFIGS.items():
-        row[name] = best_time(lambda: stage_faithfulness(run.model, tensor, cams, base.target, config), repeats)
-    row["sanity_s"] = best_time(lambda: cascading_randomization(run.model, [tensor], [base.stage_cams]), repeats)
+        calls[name] = lambda config=config: stage_faithfulness(run.model, tensor, cams, base.target, config)
+    calls["sanity_s"] = lambda: cascading_randomization(run.model, [tensor], [base.stage_cams])
+    for name, call in calls.items():
+        row[name], row[name.replace("_s", "_cpu_s")] = best_time(call, repeats)
     for name in ("road_fast_s", "road_full_s", "curves_s", "sanity_s"):
         row[name.replace("_s", "_per_stage_s")] = row[name] / 4
+        row[name.replace("_s", "_cpu_per_stage_s")] = row[name.replace("_s", "_cpu_s")] / 4
     row = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
     _logger.info("%s", row)
     return row
@@ -94,18 +97,22 @@ def benchmark(run_dir: Path, rgb, repeats: int) -> dict:
 def to_markdown(table: pd.DataFrame, repeats: int, image: str, load: tuple[float, float, float]) -> str:
     """The result table as Markdown, with the conditions of the run."""
     lines = [
-        "| run | model | input | prediction + 4 CAMs (s) | ROAD 20/50/80 (s) | ROAD 10..90 (s) | deletion + insertion, 10 steps (s) | sanity, 5 steps (s) |",
+        "| run | model | input | prediction + 4 CAMs | ROAD 20/50/80 | ROAD 10..90 | deletion + insertion, 10 steps | sanity, 5 steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples(index=False):
         cells = [
-            f"{getattr(row, name):.2f} ({getattr(row, name.replace('_s', '_per_stage_s')):.2f}/stage)"
+            f"{getattr(row, name):.2f} / {getattr(row, name.replace('_s', '_cpu_s')):.2f} "
+            f"({getattr(row, name.replace('_s', '_cpu_per_stage_s')):.2f}/stage)"
             for name in ("road_fast_s", "road_full_s", "curves_s", "sanity_s")
         ]
-        lines.append(f"| {row.run} | {row.model} | {row.input} | {row.explain_s:.2f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {row.run} | {row.model} | {row.input} | {row.explain_s:.2f} / {row.explain_cpu_s:.2f} | " + " | ".join(cells) + " |"
+        )
     lines.append("")
     lines.append(
-        f"Per image (all four stages scored together; per stage = a quarter), one BUSI test image (`{image}`), "
+        "Seconds per image: wall / CPU (this process, all threads), and CPU per stage; the four stages are scored "
+        f"together (one batched forward pass), so per stage is a quarter. One BUSI test image (`{image}`), "
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}), "
         f"{torch.get_num_threads()} threads; best of {repeats} after a warm-up. ROAD's cost is pytorch-grad-cam's "
         "NoisyLinearImputer (one sparse solve per stage, percentile and direction; it grows with the pixels "
