@@ -8,6 +8,8 @@ Shared fixtures (session-scoped: built once per test session; treat what they re
   6 val, 6 test), as ``{"manifest": str, "root": str}``.
 * ``tiny_train_config``: ``tiny_train_config(**overrides) -> dict``, the training config of a one-epoch
   tiny VVT on ``synthetic_busi`` at 32x32 on the CPU (what ``medvit train`` reads from YAML).
+* ``one_thread``: run the test with one intra-op thread (results bitwise comparable with the
+  one-thread subprocesses of the resume/DDP tests; use with ``pytest.mark.usefixtures``).
 * ``tiny_run``: one run directory trained with ``tiny_train_config(image_size=64)`` (every run file
   and ``report/``; 3 classes ``benign, malignant, normal``; 64x64, so the stride-32 stage is 2x2).
 """
@@ -33,6 +35,15 @@ TINY_VVT = {"embed_dims": [8, 16, 16, 32], "num_heads": [1, 1, 1, 2], "depths": 
 def _seed_torch() -> None:
     """Every test starts from the same torch RNG state."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: float reductions then match one-thread subprocesses bitwise."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

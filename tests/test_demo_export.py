@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from medvit.demo.export import export_demo_model, mark_defaults, portable_config

@@ -15,8 +15,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from medvit.data.manifest import prepare_manifest
-from medvit.data.synthetic import make_synthetic
 from medvit.run_dir import export_run, load_run
 from medvit.train import load_config, train
 from medvit.train.engine import NonFiniteLossError, evaluate_run
@@ -31,25 +29,13 @@ TIME_COLUMNS = ("epoch_time_s", "train_images_per_s")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, like the subprocesses: results are bitwise comparable across processes
-    (the float reduction order depends on the thread count) and 2-core CI is not oversubscribed."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise comparable with the one-thread subprocesses
 
 
 @pytest.fixture(scope="module")
-def busi(tmp_path_factory) -> dict:
-    """Synthetic BUSI (12 images per class) and its manifest: 24 train, 6 val, 6 test."""
-    root = tmp_path_factory.mktemp("syn_busi")
-    raw = root / "raw"
-    make_synthetic(raw, "busi", per_class=12, seed=0)
-    manifest = root / "busi.csv"
-    prepare_manifest("busi", raw, manifest, num_workers=1)
-    return {"manifest": str(manifest), "root": str(raw)}
+def busi(synthetic_busi) -> dict:
+    """Synthetic BUSI (12 images per class) and its manifest: 24 train, 6 val, 6 test (conftest)."""
+    return synthetic_busi
 
 
 def _config(busi: dict, **overrides) -> dict:

@@ -9,11 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import medvit.train.engine as engine
-from medvit.data.manifest import prepare_manifest
-from medvit.data.synthetic import make_synthetic
 from medvit.train import load_config, train
 
-TINY_VVT = {"embed_dims": [8, 16, 16, 32], "num_heads": [1, 1, 1, 2], "depths": [1, 1, 1, 1], "mlp_ratios": [2, 2, 2, 2]}
+pytestmark = pytest.mark.usefixtures("one_thread")
 TIME_COLUMNS = ["epoch_time_s", "train_images_per_s"]
 
 
@@ -21,25 +19,14 @@ class Killed(BaseException):
     """Stands for SIGKILL at a chosen point (BaseException: no handler of the engine catches it)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def busi(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("syn_busi_resume")
-    make_synthetic(root / "raw", "busi", per_class=12, seed=0)
-    prepare_manifest("busi", root / "raw", root / "busi.csv", num_workers=1)
-    return {"manifest": str(root / "busi.csv"), "root": str(root / "raw")}
+def busi(synthetic_busi, tiny_vvt_kwargs) -> dict:
+    return dict(synthetic_busi, model_kwargs=tiny_vvt_kwargs)
 
 
 def _cfg(busi: dict, **overrides):
     cfg = {
-        "model": "vvt_tiny", "model_kwargs": TINY_VVT, "manifest": busi["manifest"], "root": busi["root"],
+        "model": "vvt_tiny", "model_kwargs": busi["model_kwargs"], "manifest": busi["manifest"], "root": busi["root"],
         "image_size": 32, "epochs": 2, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 0.5, "device": "cpu",
         "n_bootstrap": 20,
     }

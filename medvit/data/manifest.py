@@ -1,5 +1,7 @@
 """Manifests: validated, seeded, stratified, group-aware splits of a raw dataset folder.
 
+The split assignment itself lives in :mod:`medvit.data.splits`.
+
 A manifest is a CSV with columns ``image, label, label_name, group, split`` (+ ``mask`` for datasets
 with masks: ``;``-joined paths merged by union at load time), paths relative to the raw folder.
 Next to ``NAME.csv`` sit ``NAME.json`` (dataset, class order, seed, fractions, raw content hash, a
@@ -25,6 +27,7 @@ import pandas as pd
 
 from medvit.data.datasets import IMAGE_EXTENSIONS, ClinicalQuestion, DatasetSpec, RawItem, Rejection, get_spec
 from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, open_image
+from medvit.data.splits import SPLITS, assign_splits, count_table
 from medvit.hashing import sha256_file
 
 __all__ = [
@@ -46,7 +49,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("image", "label", "label_name", "group", "split")
 _FILE_DIGEST_CHARS = 16  # per-file sha256 prefix kept in the side JSON (change detection); raw_hash uses all 64
 
@@ -122,97 +124,6 @@ def raw_hash(digests: Mapping[str, str]) -> str:
     for rel in sorted(digests):
         digest.update(f"{rel}\t{digests[rel]}\n".encode())
     return digest.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------ split
-def assign_splits(
-    labels: Sequence[int],
-    groups: Sequence[str],
-    val: float = 0.15,
-    test: float = 0.15,
-    seed: int = 0,
-) -> np.ndarray:
-    """Seeded, class-stratified, group-aware split (deterministic across machines).
-
-    The same idea as scikit-learn's ``StratifiedGroupKFold``, made exact for fractions and for rare
-    classes. Groups are shuffled with ``numpy.random.default_rng(seed)``. First, for each class with at
-    least 3 groups (rarest class first), a split that has none of its images yet gets the next free
-    group holding that class, so test, val and train all see it. Then each remaining group, by its
-    *primary class* (its rarest label overall) and largest first, goes to the split furthest below
-    its target image count for that class.
-
-    Args:
-        labels: label index of every image.
-        groups: group of every image; images of one group always share a split.
-        val: fraction of images for validation, in [0, 1).
-        test: fraction of images for test, in [0, 1); ``val + test < 1``.
-        seed: random seed.
-
-    Returns:
-        Array of split names (``train``/``val``/``test``), one per image.
-
-    Raises:
-        ValueError: bad fractions or lengths.
-    """
-    if len(labels) != len(groups):
-        raise ValueError(f"assign_splits: {len(labels)} labels but {len(groups)} groups")
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"split fractions val={val}, test={test} must be in [0, 1) with val + test < 1")
-    fractions = {"test": test, "val": val, "train": 1.0 - val - test}
-    active = [name for name in ("test", "val", "train") if fractions[name] > 0]
-    class_totals = Counter(int(label) for label in labels)
-    members: dict[str, Counter] = defaultdict(Counter)
-    for label, group in zip(labels, groups):
-        members[str(group)][int(label)] += 1
-    group_names = sorted(members)
-    rng = np.random.default_rng(seed)
-    shuffled = [group_names[i] for i in rng.permutation(len(group_names))]
-    rarest_first = sorted(class_totals, key=lambda label: (class_totals[label], label))
-    current = {label: dict.fromkeys(active, 0) for label in class_totals}
-    assignment: dict[str, str] = {}
-
-    def assign(group: str, split: str) -> None:
-        assignment[group] = split
-        for label, count in members[group].items():
-            current[label][split] += count
-
-    # 1. every class with >= 3 groups gets one group in each split (rarest class first)
-    for label in rarest_first:
-        candidates = [group for group in shuffled if label in members[group]]
-        if len(candidates) < 3:
-            continue
-        present = {assignment[group] for group in candidates if group in assignment}
-        free = (group for group in candidates if group not in assignment)
-        for split in active:
-            if split not in present:
-                group = next(free, None)
-                if group is None:
-                    break
-                assign(group, split)
-    # 2. the rest by primary (rarest) class, largest groups first (ties keep the shuffled order),
-    #    each to the split furthest below its target count for that class
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for group in shuffled:
-        if group not in assignment:
-            by_class[min(members[group], key=lambda label: (class_totals[label], label))].append(group)
-    for label in rarest_first:
-        for group in sorted(by_class[label], key=lambda name: -sum(members[name].values())):
-            deficits = {split: fractions[split] * class_totals[label] - current[label][split] for split in active}
-            assign(group, max(reversed(active), key=lambda name: deficits[name]))  # ties -> train, then val
-    return np.array([assignment[str(group)] for group in groups], dtype=object)
-
-
-def count_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """Images per class (rows, + ``total``) and split (columns ``train, val, test, total``)."""
-    table = pd.crosstab(frame["label_name"], frame["split"]).reindex(
-        index=list(class_names), columns=list(SPLITS), fill_value=0
-    )
-    table = table.fillna(0).astype(int)
-    table["total"] = table.sum(axis=1)
-    table.loc["total"] = table.sum(axis=0)
-    table.index.name = "class"
-    table.columns.name = None
-    return table
 
 
 # -------------------------------------------------------------------------------------------- prepare

@@ -52,7 +52,7 @@ from medvit.train.checkpoint import (
     set_rng_state,
     try_recover_checkpoint,
 )
-from medvit.train.config import TrainConfig, config_from_dict, config_to_dict
+from medvit.train.config import TrainConfig, config_from_dict
 from medvit.train.distributed import DistContext
 from medvit.train.evaluate import evaluate_run
 from medvit.train.freeze import apply_mode, frozen_roots, set_train_mode
