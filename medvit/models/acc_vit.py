@@ -207,7 +207,7 @@ def dilated_depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     ``P``) every residue reads the same sub-grid and one convolution of ``x[::d, ::d]`` at stride
     ``s / d`` is enough; otherwise the ``d * d`` shifted sub-grids are gathered (two ``index_select``)
     and go through one batched convolution whose outputs are interleaved back. Other cases (stride 1,
-    dilation 1, ``s`` and ``d`` sharing a factor without dividing) call ``conv`` itself. With autograd on,
+    dilation 1, ``s`` and ``d`` sharing a factor without dividing, off the CPU) call ``conv`` itself. With autograd on,
     the gathered sub-grids (as large as ``x``) are gathered again in the backward instead of being kept.
 
     Args:

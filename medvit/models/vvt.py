@@ -19,6 +19,8 @@ Differences from the official code, none of which changes the outputs beyond flo
   same parameter count), ``out_proj`` is ``proj`` and ``mlp.dwconv.dwconv`` is ``mlp.dwconv``.
 * The 4d-wide cos/sin features are built with one broadcast multiply, the normaliser q̃·Σk̃ comes out
   of the same batched matmul as q̃·KV, and clamps whose input sign is known are one-sided.
+* With autograd on (training, Grad-CAM), the ReLU of q and k, the clamps and GELU run out of place, the
+  clamp with a one-pass custom backward (:class:`_AbsClamp`); without it they run in place.
 * On the CPU the MLPs run image by image where a batch's hidden activation would not fit in cache
   (see :class:`VvtMlp`); each image's arithmetic is unchanged.
 * Each stage module takes and returns an NCHW map (the official code keeps stage 4 as tokens).
