@@ -16,7 +16,8 @@ says which).
 
 Usage::
 
-    .venv/bin/python experiments/stage_trust.py [--max-images 30 --seed 0] [--runs app/demo_models/busi_lite0 ...]
+    .venv/bin/python experiments/stage_trust.py [--max-images 20 --seed 0] [--runs app/demo_models/busi_lite0 ...]
+    .venv/bin/python experiments/stage_trust.py --from-csv results.csv ...   # re-render saved tables
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 
 from medvit.explain.faithfulness import FaithfulnessConfig
 from medvit.explain.sanity import SANITY_MAX_SPEARMAN
-from medvit.explain.split import SplitScores, score_split
+from medvit.explain.split import score_split
 from medvit.run_dir import load_run
 
 _logger = logging.getLogger("medvit.experiments.stage_trust")
@@ -60,9 +61,9 @@ def _cell(row: pd.Series, name: str) -> str:
     return f"{mean:{signed}.2f} [{low:{signed}.2f}, {high:{signed}.2f}]"
 
 
-def model_table(name: str, model_name: str, result: SplitScores) -> str:
-    """One model's per-stage table with a generated sentence on its best and flagged stages."""
-    table = result.table
+def model_table(name: str, model_name: str, table: pd.DataFrame) -> str:
+    """One model's per-stage table (:attr:`SplitScores.table`) with a generated sentence on its best and
+    flagged stages."""
     header = ["stage", "stride", "n", *COLUMNS.values()]
     lines = [f"**{name}** (`{model_name}`)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
@@ -126,11 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=REPO / "data_manifests" / "busi_pool.csv")
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "datasets" / "pools" / "busi_256")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--max-images", type=int, default=30, help="images per model (0: all with a mask)")
+    parser.add_argument("--max-images", type=int, default=20, help="images per model (default 20; 0: all with a mask)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsample, the bootstrap and the randomisation")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "explanations.md")
     parser.add_argument("--csv", type=Path, default=REPO / "experiments" / "benchmarks" / "results" / "stage_trust.csv")
+    parser.add_argument(
+        "--from-csv", nargs="+", type=Path, help="re-render the section from saved tables (this script's --csv files)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -139,18 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stage_trust: no BUSI run directory found (app/demo_models/busi_*); pass --runs", file=sys.stderr)
         return 1
     max_images = args.max_images or None
-    sections, frames = [], []
-    for path in runs:
+    frames = []
+    if args.from_csv:
+        frames = [group for frame in map(pd.read_csv, args.from_csv) for _, group in frame.groupby("run", sort=False)]
+        frames.sort(key=lambda frame: frame["run"].iloc[0])
+    for path in runs if not args.from_csv else []:
         run = load_run(path)
         _logger.info("%s (%s): scoring the %s split", path.name, run.model_name, args.split)
         result = score_split(
             run, args.manifest, args.root, split=args.split, max_images=max_images, seed=args.seed,
             faithfulness=CONFIG, sanity=True, sample_seed=args.seed if max_images else None,
         )
-        sections.append(model_table(path.name, run.model_name, result))
         frames.append(result.table.assign(run=path.name, model=run.model_name))
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         pd.concat(frames).to_csv(args.csv, index=False)  # rewritten after each model
+    if args.from_csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat(frames).to_csv(args.csv, index=False)
+    sections = [model_table(f["run"].iloc[0], f["model"].iloc[0], f.reset_index(drop=True)) for f in frames]
     sampled = frames[0]["sampled"].iloc[0]
     command = "python experiments/stage_trust.py" + (f" --max-images {args.max_images} --seed {args.seed}" if max_images else " --max-images 0")
     if args.runs:

@@ -43,7 +43,7 @@ def _scores() -> SplitScores:
 
 
 def test_model_table_and_sentence(stage_trust) -> None:
-    text = stage_trust.model_table("busi_x", "vvt_tiny", _scores())
+    text = stage_trust.model_table("busi_x", "vvt_tiny", _scores().table)
     lines = text.splitlines()
     assert lines[0] == "**busi_x** (`vvt_tiny`)"
     assert lines[2].startswith("| stage | stride | n | pointing game | energy in mask | ROAD (higher = faithful) |")
