@@ -177,7 +177,7 @@ def test_model_cards_read_reports(entries):
         assert card.summary["accuracy"].startswith(f"{summary['accuracy']['value']:.3f}")
         assert card.selection["chosen"] and card.selection["candidates"]
         if entry.model_name == "tf_efficientnet_lite0":
-            assert card.pretrained.startswith("efficientnet-lite0") and "sha256" in card.pretrained
+            assert "EfficientNet-Lite0" in card.pretrained and "sha256" in card.pretrained
         assert card.training["epochs"] and card.train_seconds and card.train_seconds > 0
 
 

@@ -37,9 +37,9 @@ ABSOLUTE_PATH = re.compile(
     r"(?<![\w.~-])/(?:home|Users|root|tmp|work|mnt|media|opt|srv|scratch|data|private|var)/|"
     r"(?<![\w])[A-Za-z]:[\\/](?:Users|home)|site-packages"
 )
-ISSUE_12 = pytest.mark.xfail(
-    strict=False, reason="issue 12 section 3: today's embedded models are about 100 MB and record absolute paths; "
-    "the retrained ones must pass (then remove this mark)"
+NO_PYRAMID_VIT_YET = pytest.mark.xfail(
+    strict=False, reason="issue 12: only BUSI has embedded pyramid ViTs so far (HAM10000 and EyePACS runs did not fit "
+    "the 2-core CPU budget of the session that retrained the models); remove this mark when they land"
 )
 
 
@@ -89,7 +89,7 @@ def test_one_default_model_per_dataset():
         assert defaults[0].is_embedded and default_run(entries, dataset) == defaults[0]
 
 
-@ISSUE_12
+@NO_PYRAMID_VIT_YET
 def test_each_dataset_has_lite0_and_a_pyramid_vit():
     entries = discover_runs(None, EMBEDDED)
     for dataset in DATASETS:
@@ -99,14 +99,12 @@ def test_each_dataset_has_lite0_and_a_pyramid_vit():
     assert any(e.model_name.startswith("acc_vit_") for e in entries), "no ACC-ViT embedded"
 
 
-@ISSUE_12
 def test_embedded_weights_fit_the_budget():
     sizes = {p.parent.name: p.stat().st_size for p in EMBEDDED.glob("*/*.safetensors")}
     total = sum(sizes.values())
     assert total <= WEIGHTS_BUDGET_BYTES, f"embedded weights {total / 1e6:.1f} MB > 50 MB: {sizes}"
 
 
-@ISSUE_12
 def test_no_absolute_path_in_committed_text_files():
     offenders = {}
     for path in _committed_files(EMBEDDED) + _committed_files(SAMPLES):

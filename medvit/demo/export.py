@@ -206,6 +206,13 @@ def _make_portable(out_dir: Path) -> None:
         config = portable_config(yaml.safe_load(config_path.read_text()) or {})
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
     info = json.loads(info_path.read_text())
+    if "pretrained_description" not in info:  # runs from before describe_pretrained existed
+        from medvit.models.pretrained import describe_pretrained
+
+        try:
+            info.update(describe_pretrained(info.get("pretrained"), str(info["model"])))
+        except (FileNotFoundError, ValueError) as error:
+            _logger.warning("%s: cannot describe the starting weights (%s)", out_dir, error)
     atomic_write_text(info_path, json.dumps(portable_config(info), indent=2))
 
 
