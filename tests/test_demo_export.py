@@ -64,3 +64,14 @@ def test_model_card_says_which_family(tiny_run):
     assert model_family("tf_efficientnet_lite0") == "CNN (EfficientNet-Lite)"
     assert model_family("acc_vit_nano").startswith("pyramid vision transformer (ACC-ViT")
     assert model_family("not_a_model") == ""
+
+
+def test_pretrain_runs_are_not_offered_as_models_on_the_page(tiny_run, tmp_path):
+    from medvit.demo import discover_runs
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "finetuned")
+    (runs / "pretrain" / "vvt_tiny").mkdir(parents=True)
+    (runs / "pretrain" / "vvt_tiny" / "model.json").write_text(json.dumps({"kind": "pretrain", "model": "vvt_tiny"}))
+    found = [e.path.name for e in discover_runs(runs, embedded_dir=tmp_path / "none")]
+    assert found == ["finetuned"]

@@ -60,12 +60,23 @@ def _find_run_dirs(folder: Path, max_depth: int) -> list[Path]:
     for root, dirs, files in os.walk(folder):
         depth = len(Path(root).relative_to(folder).parts)
         if MODEL_JSON in files:
-            found.append(Path(root))
+            if not _is_pretrain_run(Path(root)):  # a backbone to fine-tune from, not a classifier to show
+                found.append(Path(root))
             dirs.clear()  # a run directory does not nest other runs
         elif depth >= max_depth:
             dirs.clear()
         dirs.sort()
     return sorted(found)
+
+
+def _is_pretrain_run(path: Path) -> bool:
+    """Whether ``path`` is a ``medvit pretrain`` run (its ``model.json`` says ``kind: pretrain``)."""
+    import json
+
+    try:
+        return json.loads((path / MODEL_JSON).read_text()).get("kind") == "pretrain"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def discover_runs(
