@@ -54,19 +54,21 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     )
 
 
-def _kill_in_first_epoch(monkeypatch) -> None:
+def _killed_in_first_epoch(busi: dict, run: Path, monkeypatch) -> None:
+    """Train into ``run`` and stand for a kill during epoch 1, before its checkpoint commit."""
+
     def killed(self, epoch):
         raise Killed
 
-    monkeypatch.setattr(engine._Trainer, "_validate", killed)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine._Trainer, "_validate", killed)
+        with pytest.raises(Killed):
+            train(_cfg(busi), run)
 
 
 def test_killed_in_epoch_1_resumes_from_epoch_0(busi, reference, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        _kill_in_first_epoch(patch)
-        with pytest.raises(Killed):
-            train(_cfg(busi), run)
+    _killed_in_first_epoch(busi, run, monkeypatch)
     assert {p.name for p in run.iterdir()} == {"config.yaml", "model.json", "train.log"}
     (run / ".metrics.csv.abc123.tmp").write_bytes(b"")  # a write the kill interrupted
 
@@ -78,10 +80,7 @@ def test_killed_in_epoch_1_resumes_from_epoch_0(busi, reference, tmp_path, monke
 
 def test_killed_in_epoch_1_can_start_again_without_resume(busi, reference, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        _kill_in_first_epoch(patch)
-        with pytest.raises(Killed):
-            train(_cfg(busi), run)
+    _killed_in_first_epoch(busi, run, monkeypatch)
     train(_cfg(busi), run)
     _assert_same_run(run, reference)
     with pytest.raises(ValueError, match="already holds a run; continue it with --resume"):
@@ -90,10 +89,7 @@ def test_killed_in_epoch_1_can_start_again_without_resume(busi, reference, tmp_p
 
 def test_unreadable_state_is_kept_aside_and_the_run_restarts(busi, reference, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        _kill_in_first_epoch(patch)
-        with pytest.raises(Killed):
-            train(_cfg(busi), run)
+    _killed_in_first_epoch(busi, run, monkeypatch)
     (run / "last_state.pt").write_bytes(b"\x00 truncated")
     train(None, run, resume=True)
     assert (run / "last_state.pt.unusable").read_bytes() == b"\x00 truncated"  # kept, not deleted

@@ -22,6 +22,7 @@ from medvit.hashing import sha256_file
 from medvit.report import read_summary, summary_estimate
 from medvit.run_dir import (
     BEST_WEIGHTS,
+    CONFIG_YAML,
     METRICS_CSV,
     MODEL_JSON,
     REPORT_DIR,
@@ -30,8 +31,11 @@ from medvit.run_dir import (
     atomic_write_text,
     export_run,
     kept_epoch,
+    predictions_filename,
     read_config,
     read_metrics,
+    read_model_info,
+    read_selection,
 )
 
 __all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_config"]
@@ -145,7 +149,7 @@ def export_demo_model(
                 f"{run / REPORT_DIR / ReportFiles.summary_json} not found; run 'medvit report {run}' first"
             )
         config = read_config(run)
-        info = json.loads((run / MODEL_JSON).read_text())
+        info = read_model_info(run)
         score, epoch = validation_score(run, metric, config)
         test = summary_estimate(summary, metric)
         candidates.append({
@@ -199,8 +203,6 @@ def portable_config(config: Mapping[str, Any], base: Path | None = None) -> dict
 def _make_portable(out_dir: Path) -> None:
     import yaml
 
-    from medvit.run_dir import CONFIG_YAML, MODEL_JSON
-
     config_path, info_path = out_dir / CONFIG_YAML, out_dir / MODEL_JSON
     if config_path.is_file():
         config = portable_config(yaml.safe_load(config_path.read_text()) or {})
@@ -245,7 +247,6 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
     import pandas as pd
 
     from medvit.metrics import compute_metrics
-    from medvit.run_dir import predictions_filename, read_model_info, read_selection
 
     scores: dict[str, list[tuple[float, Path]]] = {}
     for folder in sorted(Path(embedded_dir).iterdir()):

@@ -1,11 +1,12 @@
 """Compact weight storage for shipped models: per-output-channel int8, dequantized at load.
 
-A weight matrix or convolution kernel ``W`` (``ndim >= 2``) is stored as ``round(W / s)`` in int8 with
-one fp32 scale ``s = max|W[c]| / 127`` per output channel ``c`` (symmetric, so zero stays exact),
-under ``NAME`` and ``NAME + SCALE_SUFFIX``. Vectors (biases, norm parameters, BatchNorm statistics)
-and integer buffers are kept in fp16 / as they are: they are a small share of the bytes and the
-most sensitive to rounding. A file says how it was written in its safetensors metadata
-(``medvit_storage``), so :func:`dequantize` is a no-op for ordinary checkpoints.
+A weight matrix or convolution kernel ``W`` (``ndim >= 2``, at least 256 values) is stored as
+``round(W / s)`` in int8 with one fp32 scale ``s = max|W[c]| / 127`` per output channel ``c``
+(symmetric, so zero stays exact), under ``NAME`` and ``NAME + SCALE_SUFFIX``. Vectors (biases, norm
+parameters, BatchNorm statistics), smaller tensors and integer buffers are kept in fp16 / as they
+are: they are a small share of the bytes and the most sensitive to rounding. A file says how it was
+written in its safetensors metadata (``medvit_storage``), so :func:`dequantize` is a no-op for
+ordinary checkpoints.
 """
 
 from __future__ import annotations

@@ -176,8 +176,8 @@ def train(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False) ->
         cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
     elif (out / LAST_STATE).exists() and try_recover_checkpoint(out, finish_commit=False) is not None:
         raise ValueError(f"{out} already holds a run; continue it with --resume or choose another --out")
-    elif holds_results(out):
-        raise ValueError(f"{out} holds results of a run ({holds_results(out)}) but no training state; choose another --out")
+    elif results := holds_results(out):
+        raise ValueError(f"{out} holds results of a run ({results}) but no training state; choose another --out")
 
     ctx = DistContext.from_env(cfg.device)
     try:
