@@ -56,6 +56,36 @@ def test_serve_demo_stops_its_child_on_a_signal(stop, monkeypatch, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is not serve._raise_stopped  # the handler is put back
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's prctl")
+def test_sigkill_of_medvit_demo_stops_its_child(tmp_path):
+    """A SIGKILLed ``medvit demo`` runs no clean-up; the kernel's parent-death signal stops the child."""
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent_code = (
+        "import sys\nfrom medvit.demo import serve\n"
+        f"serve.streamlit_command = lambda **kwargs: [sys.executable, '-c', {child!r}]\n"
+        "sys.exit(serve.serve_demo(port=8599))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text()):
+            assert parent.poll() is None and time.monotonic() < deadline, "the stand-in child did not start"
+            time.sleep(0.05)
+        parent.kill()
+        parent.wait(timeout=10)
+        pid = int(pid_file.read_text())
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the child outlived its SIGKILLed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if pid_file.is_file() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

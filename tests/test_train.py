@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,6 @@ from medvit.run_dir import export_run, load_run
 from medvit.train import load_config, train
 from medvit.train.engine import NonFiniteLossError, evaluate_run
 
-TINY_VVT = {"embed_dims": [8, 16, 16, 32], "num_heads": [1, 1, 1, 2], "depths": [1, 1, 1, 1], "mlp_ratios": [2, 2, 2, 2]}
 RUN_FILES = (
     "config.yaml", "model.json", "metrics.csv", "best.safetensors", "last.safetensors", "last_state.pt",
     "predictions.csv", "train.log",
@@ -33,36 +33,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise comparable with th
 
 
 @pytest.fixture(scope="module")
-def busi(synthetic_busi) -> dict:
-    """Synthetic BUSI (12 images per class) and its manifest: 24 train, 6 val, 6 test (conftest)."""
-    return synthetic_busi
-
-
-def _config(busi: dict, **overrides) -> dict:
-    cfg = {
-        "model": "vvt_tiny",
-        "model_kwargs": TINY_VVT,
-        "manifest": busi["manifest"],
-        "root": busi["root"],
-        "image_size": 32,
-        "epochs": 1,
-        "batch_size": 8,
-        "lr": 2e-3,
-        "warmup_epochs": 0.5,
-        "label_smoothing": 0.0,
-        "device": "cpu",
-        "n_bootstrap": 100,
-    }
-    cfg.update(overrides)
-    return cfg
+def busi(tiny_train_config) -> Callable[..., dict]:
+    """``busi(**overrides)``: the conftest one-epoch tiny-VVT config on synthetic BUSI (24 train, 6 val, 6 test)."""
+    return tiny_train_config
 
 
 def _overrides(cfg: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in cfg.items()]
 
 
-def _train(busi: dict, out: Path, **overrides):
-    cfg = load_config(None, _overrides(_config(busi, **overrides)))
+def _train(busi: Callable[..., dict], out: Path, **overrides):
+    cfg = load_config(None, _overrides(busi(**overrides)))
     return train(cfg, out)
 
 
@@ -119,13 +100,13 @@ def test_smoke_run_writes_every_file_and_loads(busi, tmp_path):
         _train(busi, run)
 
 
-def test_linear_probe_keeps_backbone_bitwise(busi, tmp_path):
+def test_linear_probe_keeps_backbone_bitwise(busi, tiny_vvt_kwargs, tmp_path):
     from medvit.models import create_model
 
     run = tmp_path / "linear"
     _train(busi, run, mode="linear", seed=3)
     torch.manual_seed(3)
-    initial = create_model("vvt_tiny", num_classes=3, **TINY_VVT).state_dict()
+    initial = create_model("vvt_tiny", num_classes=3, **tiny_vvt_kwargs).state_dict()
     trained = load_file(run / "last.safetensors")
     head = [k for k in trained if k.startswith("head")]
     assert head
@@ -228,7 +209,7 @@ def _subprocess_env() -> dict:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(busi, tmp_path):
-    cfg = _config(busi, epochs=4, batch_size=2, n_bootstrap=50)
+    cfg = busi(epochs=4, batch_size=2, n_bootstrap=50)
     config_path = tmp_path / "cfg.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     killed = tmp_path / "killed"
@@ -267,7 +248,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(busi, tmp_path):
 def test_ddp_two_cpu_processes_match_single_process(busi, tmp_path):
     # 24 train images, global batch 8: DDP (2 x 4) sees the same global batches as one process
     # (EpochSampler), gradients are averaged, and evaluation gathers all ranks' logits.
-    cfg = _config(busi, epochs=2, batch_size=8, n_bootstrap=50, report=False)
+    cfg = busi(epochs=2, batch_size=8, n_bootstrap=50, report=False)
     config_path = tmp_path / "cfg.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     ddp = tmp_path / "ddp"
@@ -298,7 +279,7 @@ def test_run_grid_skips_finished_runs_and_compares(busi, tmp_path):
     configs = []
     for name, seed in (("busi_a", 0), ("busi_b", 1)):
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(_config(busi, seed=seed, n_bootstrap=20)))
+        path.write_text(yaml.safe_dump(busi(seed=seed, n_bootstrap=20)))
         configs.append(path)
     grid = tmp_path / "grid"
     tables = run_grid.run_grid(configs, grid)
@@ -339,18 +320,18 @@ def test_class_weights_and_balanced_epoch_sampler():
     assert list(s) != shards[1]  # a new order every epoch
 
 
-def test_layer_decay_scales_learning_rates():
+def test_layer_decay_scales_learning_rates(tiny_vvt_kwargs):
     from timm.optim import create_optimizer_v2
 
     from medvit.models import create_model
 
-    model = create_model("vvt_tiny", num_classes=3, **TINY_VVT)
+    model = create_model("vvt_tiny", num_classes=3, **tiny_vvt_kwargs)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
     scales = sorted({g["lr_scale"] for g in optimizer.param_groups})
     assert len(scales) > 2 and scales[-1] == 1.0 and scales[0] < 0.1
 
 
-def test_load_run_errors_name_the_file(tmp_path):
+def test_load_run_errors_name_the_file(tiny_vvt_kwargs, tmp_path):
     with pytest.raises(FileNotFoundError, match="run directory .* not found"):
         load_run(tmp_path / "missing")
     run = tmp_path / "run"
@@ -360,7 +341,7 @@ def test_load_run_errors_name_the_file(tmp_path):
     (run / "model.json").write_text("{not json")
     with pytest.raises(ValueError, match="model.json: not valid JSON"):
         load_run(run)
-    info = {"model": "vvt_tiny", "model_kwargs": TINY_VVT, "class_names": ["a", "b"], "image_size": [32, 32],
+    info = {"model": "vvt_tiny", "model_kwargs": tiny_vvt_kwargs, "class_names": ["a", "b"], "image_size": [32, 32],
             "mean": [0.5] * 3, "std": [0.5] * 3}
     (run / "model.json").write_text(json.dumps(info))
     with pytest.raises(FileNotFoundError, match="best.safetensors not found"):

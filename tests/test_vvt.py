@@ -342,3 +342,14 @@ def test_training_loss_and_gradients_equal_reference(monkeypatch, train: bool, c
     torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-7)
     for name, grad, expected in zip(names, grads, expected_grads):
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_nano_is_a_narrow_tiny() -> None:
+    # medvit's own variant (no official weights): VVT-Tiny's depths, ratios and attention at 3/5-1/2 width
+    nano, tiny = vvt.model_cfgs["vvt_nano"], vvt.model_cfgs["vvt_tiny"]
+    assert nano.embed_dims == (48, 96, 192, 320) and nano.mlp_ratios == (4, 4, 4, 4)
+    assert (nano.depths, nano.fr_ratios, nano.sr_ratios) == (tiny.depths, tiny.fr_ratios, tiny.sr_ratios)
+    assert all(d // h == 48 or d // h == 64 for d, h in zip(nano.embed_dims, nano.num_heads))
+    with torch.device("meta"):
+        model = timm.create_model("vvt_nano")
+    assert sum(p.numel() for p in model.parameters()) == 4_778_040

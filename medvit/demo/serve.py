@@ -112,11 +112,20 @@ def _stop(child: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
         child.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): ask the kernel for SIGTERM when ``medvit demo`` dies, even by SIGKILL."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def serve_demo(port: int | None = None, runs_dir: str | Path = "runs", address: str = "localhost") -> int:
     """Run the demo page until it exits or is stopped (``medvit demo``); returns the exit code.
 
     Ctrl-C (SIGINT) or SIGTERM sent to this process stops the Streamlit child too (SIGTERM, then
-    SIGKILL after :data:`STOP_TIMEOUT_S`) and returns ``128 + signal``.
+    SIGKILL after :data:`STOP_TIMEOUT_S`) and returns ``128 + signal``. On Linux the child also gets
+    SIGTERM from the kernel when this process dies without clean-up (SIGKILL, out of memory).
 
     Args:
         port: HTTP port; ``None`` takes ``STREAMLIT_SERVER_PORT`` or 8501 (see :func:`resolve_port`).
@@ -131,7 +140,7 @@ def serve_demo(port: int | None = None, runs_dir: str | Path = "runs", address: 
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     child = None
     try:
-        child = subprocess.Popen(command, env=env)
+        child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         return child.wait()
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -75,6 +75,8 @@ class PretrainedSource:
 
 def weights_file_hint(name: str) -> str:
     """Which file to pass as ``pretrained`` for model ``name`` (for error messages)."""
+    if name == "vvt_nano":
+        return "a `medvit pretrain` run or a medvit/timm .safetensors (vvt_nano is medvit's variant: no official weights exist)"
     if name.startswith("vvt_"):
         return "the official VVT checkpoint (.pth) of this variant, a medvit/timm .safetensors, or a `medvit pretrain` run"
     if name.startswith("acc_vit_"):

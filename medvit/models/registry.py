@@ -70,7 +70,7 @@ _LITE = "EfficientNet-Lite (Tan & Le, arXiv:1905.11946; TF TPU repo), Google's I
 
 _CURATED: tuple[ModelInfo, ...] = (
     *(ModelInfo(f"acc_vit_{v}", "acc_vit", _ACC, takes_img_size=True) for v in ("nano", "tiny", "small", "base")),
-    *(ModelInfo(f"vvt_{v}", "vvt", _VVT) for v in ("tiny", "small", "medium", "large")),
+    *(ModelInfo(f"vvt_{v}", "vvt", _VVT) for v in ("nano", "tiny", "small", "medium", "large")),
     ModelInfo("swin_tiny_patch4_window7_224", "swin", "Swin Transformer, Liu et al., ICCV 2021, arXiv:2103.14030 (timm)", takes_img_size=True),
     ModelInfo("convnext_tiny", "convnext", "A ConvNet for the 2020s, Liu et al., CVPR 2022, arXiv:2201.03545 (timm)"),
     ModelInfo("maxvit_tiny_tf_224", "maxvit", "MaxViT, Tu et al., ECCV 2022, arXiv:2204.01697 (timm)", takes_img_size=True),

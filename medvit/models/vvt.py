@@ -652,6 +652,7 @@ def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
+    "vvt_nano": _cfg(license="apache-2.0 (medvit variant; no official weights)"),
     "vvt_tiny": _cfg(),
     "vvt_small": _cfg(),
     "vvt_medium": _cfg(),
@@ -659,9 +660,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 model_cfgs = dict(vvt_tiny=VvtCfg())
+# Not in the paper: a narrow VVT-Tiny with MLP ratio 4 for CPU training and small embedded demo models.
+model_cfgs["vvt_nano"] = replace(
+    model_cfgs["vvt_tiny"], embed_dims=(48, 96, 192, 320), num_heads=(1, 2, 3, 5), mlp_ratios=(4, 4, 4, 4))
 model_cfgs["vvt_small"] = replace(model_cfgs["vvt_tiny"], depths=(3, 3, 9, 3))
 model_cfgs["vvt_medium"] = replace(model_cfgs["vvt_tiny"], depths=(3, 3, 27, 3))
 model_cfgs["vvt_large"] = replace(model_cfgs["vvt_tiny"], depths=(4, 4, 36, 4), mlp_ratios=(4, 4, 4, 4))
+
+
+@register_model
+def vvt_nano(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
+    """VVT-Nano (medvit's, not the paper's): 4.8 M params; VVT-Tiny at 3/5-1/2 width, MLP ratio 4."""
+    return _create_vvt("vvt_nano", model_cfgs["vvt_nano"], pretrained=pretrained, **kwargs)
 
 
 @register_model
