@@ -37,10 +37,6 @@ ABSOLUTE_PATH = re.compile(
     r"(?<![\w.~-])/(?:home|Users|root|tmp|work|mnt|media|opt|srv|scratch|data|private|var)/|"
     r"(?<![\w])[A-Za-z]:[\\/](?:Users|home)|site-packages"
 )
-NO_PYRAMID_VIT_YET = pytest.mark.xfail(
-    strict=False, reason="issue 12: only BUSI has embedded pyramid ViTs so far (HAM10000 and EyePACS runs did not fit "
-    "the 2-core CPU budget of the session that retrained the models); remove this mark when they land"
-)
 
 
 def _committed_files(folder: Path) -> list[Path]:
@@ -89,14 +85,24 @@ def test_one_default_model_per_dataset():
         assert defaults[0].is_embedded and default_run(entries, dataset) == defaults[0]
 
 
-@NO_PYRAMID_VIT_YET
-def test_each_dataset_has_lite0_and_a_pyramid_vit():
+NO_EYEPACS_VIT_YET = pytest.mark.xfail(
+    strict=True, reason="issue 12: the EyePACS pyramid-ViT candidates (vvt_nano from scratch and from `medvit pretrain`) "
+    "stayed at chance on validation; remove this mark when one lands"
+)
+
+
+@pytest.mark.parametrize(
+    "dataset", [pytest.param(d, marks=NO_EYEPACS_VIT_YET) if d == "eyepacs" else d for d in DATASETS]
+)
+def test_each_dataset_has_lite0_and_a_pyramid_vit(dataset):
     entries = discover_runs(None, EMBEDDED)
-    for dataset in DATASETS:
-        families = {e.model_name for e in entries if e.dataset == dataset}
-        assert "tf_efficientnet_lite0" in families, dataset
-        assert any(m.startswith(("vvt_", "acc_vit_")) for m in families), f"{dataset}: no pyramid ViT ({families})"
-    assert any(e.model_name.startswith("acc_vit_") for e in entries), "no ACC-ViT embedded"
+    families = {e.model_name for e in entries if e.dataset == dataset}
+    assert "tf_efficientnet_lite0" in families, dataset
+    assert any(m.startswith(("vvt_", "acc_vit_")) for m in families), f"{dataset}: no pyramid ViT ({families})"
+
+
+def test_an_acc_vit_is_embedded():
+    assert any(e.model_name.startswith("acc_vit_") for e in discover_runs(None, EMBEDDED)), "no ACC-ViT embedded"
 
 
 def test_embedded_weights_fit_the_budget():
