@@ -48,10 +48,15 @@ def test_serve_demo_stops_its_child_on_a_signal(stop, monkeypatch, tmp_path):
             time.sleep(0.05)
         os.kill(os.getpid(), stop)
 
-    sender = threading.Thread(target=send_when_started)
-    sender.start()
-    assert serve.serve_demo(port=8599) == 128 + stop
-    sender.join()
+    # a background job (`nohup pytest &`) inherits SIGINT ignored; Ctrl-C in a terminal has Python's handler
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sender = threading.Thread(target=send_when_started)
+        sender.start()
+        assert serve.serve_demo(port=8599) == 128 + stop
+        sender.join()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
     assert not _alive(int(pid_file.read_text()))
     assert signal.getsignal(signal.SIGTERM) is not serve._raise_stopped  # the handler is put back
 
@@ -121,7 +126,10 @@ def test_stopping_medvit_demo_stops_streamlit(stop, tmp_path):
     port = _free_port()
     env = dict(os.environ, **{PORT_ENV: str(port)}, PYTHONPATH=str(REPO))  # the port from Streamlit's variable
     command = [sys.executable, "-m", "medvit.cli", "demo", "--address", "127.0.0.1", "--runs", str(tmp_path / "runs")]
-    parent = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(  # SIGINT back to default first: a background job inherits it ignored
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     children: list[int] = []
     try:
         deadline = time.monotonic() + 90
