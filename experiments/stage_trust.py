@@ -143,23 +143,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stage_trust: no BUSI run directory found (app/demo_models/busi_*); pass --runs", file=sys.stderr)
         return 1
     max_images = args.max_images or None
-    frames = []
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
         frames = [group for frame in map(pd.read_csv, args.from_csv) for _, group in frame.groupby("run", sort=False)]
         frames.sort(key=lambda frame: frame["run"].iloc[0])
-    for path in runs if not args.from_csv else []:
-        run = load_run(path)
-        _logger.info("%s (%s): scoring the %s split", path.name, run.model_name, args.split)
-        result = score_split(
-            run, args.manifest, args.root, split=args.split, max_images=max_images, seed=args.seed,
-            faithfulness=CONFIG, sanity=True, sample_seed=args.seed if max_images else None,
-        )
-        frames.append(result.table.assign(run=path.name, model=run.model_name))
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        pd.concat(frames).to_csv(args.csv, index=False)  # rewritten after each model
-    if args.from_csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
         pd.concat(frames).to_csv(args.csv, index=False)
+    else:
+        frames = []
+        for path in runs:
+            run = load_run(path)
+            _logger.info("%s (%s): scoring the %s split", path.name, run.model_name, args.split)
+            result = score_split(
+                run, args.manifest, args.root, split=args.split, max_images=max_images, seed=args.seed,
+                faithfulness=CONFIG, sanity=True, sample_seed=args.seed if max_images else None,
+            )
+            frames.append(result.table.assign(run=path.name, model=run.model_name))
+            pd.concat(frames).to_csv(args.csv, index=False)  # rewritten after each model
     sections = [model_table(f["run"].iloc[0], f["model"].iloc[0], f.reset_index(drop=True)) for f in frames]
     sampled = frames[0]["sampled"].iloc[0]
     command = "python experiments/stage_trust.py" + (f" --max-images {args.max_images} --seed {args.seed}" if max_images else " --max-images 0")

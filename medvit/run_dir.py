@@ -316,13 +316,16 @@ def split_sizes(info: Mapping[str, Any]) -> dict[str, int]:
     return {str(split): int(n) for split, n in totals.items() if split != "total"}
 
 
-def read_model_header(path: str | Path) -> tuple[str, str]:
-    """(dataset, model name) of a run directory's ``model.json``; ``("", "")`` when it is unreadable."""
+def read_model_header(path: str | Path) -> tuple[str, str, str]:
+    """(dataset, model name, kind) of a run directory's ``model.json``; ``("", "", "")`` when it is unreadable.
+
+    ``kind`` is ``"pretrain"`` for a ``medvit pretrain`` run and ``""`` for a training run (no such key).
+    """
     try:
         info = json.loads((Path(path) / MODEL_JSON).read_text())
-        return str(info.get("dataset", "")), str(info.get("model", ""))
+        return str(info.get("dataset", "")), str(info.get("model", "")), str(info.get("kind", ""))
     except (OSError, ValueError, AttributeError):
-        return "", ""
+        return "", "", ""
 
 
 def read_selection(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,11 @@ def test_port_from_flag_then_streamlit_env_then_default(monkeypatch):
         resolve_port(70000)
 
 
+def _stand_in_child(pid_file: Path) -> str:
+    """Python code for a Streamlit stand-in: writes its pid to ``pid_file``, then sleeps for 2 minutes."""
+    return f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_serve_demo_stops_its_child_on_a_signal(stop, monkeypatch, tmp_path):
     """In process, with a stand-in child: the signal handling of serve_demo, in a second or two."""
@@ -39,7 +44,7 @@ def test_serve_demo_stops_its_child_on_a_signal(stop, monkeypatch, tmp_path):
     from medvit.demo import serve
 
     pid_file = tmp_path / "child.pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    child = _stand_in_child(pid_file)
     monkeypatch.setattr(serve, "streamlit_command", lambda **kwargs: [sys.executable, "-c", child])
 
     def send_when_started() -> None:
@@ -65,7 +70,7 @@ def test_serve_demo_stops_its_child_on_a_signal(stop, monkeypatch, tmp_path):
 def test_sigkill_of_medvit_demo_stops_its_child(tmp_path):
     """A SIGKILLed ``medvit demo`` runs no clean-up; the kernel's parent-death signal stops the child."""
     pid_file = tmp_path / "child.pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    child = _stand_in_child(pid_file)
     parent_code = (
         "import sys\nfrom medvit.demo import serve\n"
         f"serve.streamlit_command = lambda **kwargs: [sys.executable, '-c', {child!r}]\n"

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pytest
@@ -20,17 +21,14 @@ class Killed(BaseException):
 
 
 @pytest.fixture(scope="module")
-def busi(synthetic_busi, tiny_vvt_kwargs) -> dict:
-    return dict(synthetic_busi, model_kwargs=tiny_vvt_kwargs)
+def busi(tiny_train_config) -> Callable[..., dict]:
+    """``busi(**overrides)``: the conftest tiny-VVT config on synthetic BUSI."""
+    return tiny_train_config
 
 
-def _cfg(busi: dict, **overrides):
-    cfg = {
-        "model": "vvt_tiny", "model_kwargs": busi["model_kwargs"], "manifest": busi["manifest"], "root": busi["root"],
-        "image_size": 32, "epochs": 2, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 0.5, "device": "cpu",
-        "n_bootstrap": 20,
-    }
-    cfg.update(overrides)
+def _cfg(busi: Callable[..., dict], **overrides):
+    """Two epochs, label smoothing at the engine's default 0.1, 20 bootstrap resamples."""
+    cfg = busi(**{"epochs": 2, "label_smoothing": 0.1, "n_bootstrap": 20, **overrides})
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in cfg.items()])
 
 
@@ -54,7 +52,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     )
 
 
-def _killed_in_first_epoch(busi: dict, run: Path, monkeypatch) -> None:
+def _killed_in_first_epoch(busi: Callable[..., dict], run: Path, monkeypatch) -> None:
     """Train into ``run`` and stand for a kill during epoch 1, before its checkpoint commit."""
 
     def killed(self, epoch):

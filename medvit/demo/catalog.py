@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from medvit.models.pretrained import PRETRAIN_KIND
 from medvit.run_dir import MODEL_JSON, read_model_header, read_selection
 
 __all__ = ["EMBEDDED_LABEL", "RunEntry", "app_dir", "discover_runs", "default_run"]
@@ -54,29 +55,21 @@ class RunEntry:
     is_default: bool = False
 
 
-def _find_run_dirs(folder: Path, max_depth: int) -> list[Path]:
-    """Folders at most ``max_depth`` levels below ``folder`` that hold a ``model.json``."""
+def _find_run_dirs(folder: Path, max_depth: int) -> list[tuple[Path, str, str]]:
+    """(folder, dataset, model name) of each folder at most ``max_depth`` levels below ``folder`` that holds a
+    ``model.json``, except ``medvit pretrain`` runs (backbones to fine-tune from, not classifiers to show)."""
     found = []
     for root, dirs, files in os.walk(folder):
         depth = len(Path(root).relative_to(folder).parts)
         if MODEL_JSON in files:
-            if not _is_pretrain_run(Path(root)):  # a backbone to fine-tune from, not a classifier to show
-                found.append(Path(root))
+            dataset, model_name, kind = read_model_header(root)
+            if kind != PRETRAIN_KIND:
+                found.append((Path(root), dataset, model_name))
             dirs.clear()  # a run directory does not nest other runs
         elif depth >= max_depth:
             dirs.clear()
         dirs.sort()
     return sorted(found)
-
-
-def _is_pretrain_run(path: Path) -> bool:
-    """Whether ``path`` is a ``medvit pretrain`` run (its ``model.json`` says ``kind: pretrain``)."""
-    import json
-
-    try:
-        return json.loads((path / MODEL_JSON).read_text()).get("kind") == "pretrain"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def discover_runs(
@@ -104,10 +97,8 @@ def discover_runs(
     entries: list[RunEntry] = []
     defaults: dict[str, Path] = {}
     if embedded_dir is not None and Path(embedded_dir).is_dir():
-        embedded = []
-        for path in _find_run_dirs(Path(embedded_dir), max_depth=1):
-            dataset, model_name = read_model_header(path)
-            embedded.append((path, dataset, model_name))
+        embedded = _find_run_dirs(Path(embedded_dir), max_depth=1)
+        for path, dataset, _ in embedded:
             if read_selection(path).get("default") and dataset not in defaults:
                 defaults[dataset] = path
         for path, dataset, _ in embedded:
@@ -125,8 +116,7 @@ def discover_runs(
             )
     if runs_dir is not None and Path(runs_dir).is_dir():
         runs_dir = Path(runs_dir)
-        for path in _find_run_dirs(runs_dir, max_depth=max_depth):
-            dataset, model_name = read_model_header(path)
+        for path, dataset, model_name in _find_run_dirs(runs_dir, max_depth=max_depth):
             entries.append(
                 RunEntry(
                     path=path,
