@@ -140,6 +140,24 @@ def test_describe_pretrained(run):
         describe_pretrained(True, "vvt_tiny")
 
 
+def test_describe_the_weights_of_a_fine_tuning_run(tiny_run, tmp_path):
+    """A run's best.safetensors is described as that run (and what it started from), a bare file by its path."""
+    weights = tiny_run / "best.safetensors"
+    assert describe_pretrained(str(weights), "vvt_tiny")["pretrained_description"] == f"of the medvit run {tiny_run.name}"
+    info = json.loads((tiny_run / "model.json").read_text())
+    info.update(pretrained="runs/pretrain/x", pretrained_description="distilled from ImageNet EfficientNet-Lite2 on 9 images")
+    stage_one = tmp_path / "stage_one"
+    stage_one.mkdir()
+    (stage_one / "model.json").write_text(json.dumps(info))
+    (stage_one / "best.safetensors").write_bytes(weights.read_bytes())
+    assert describe_pretrained(str(stage_one / "best.safetensors"), "vvt_tiny")["pretrained_description"] == (
+        "of the medvit run stage_one (started from weights distilled from ImageNet EfficientNet-Lite2 on 9 images)"
+    )
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes(weights.read_bytes())
+    assert describe_pretrained(str(bare), "vvt_tiny")["pretrained_description"] == f"in {bare}"
+
+
 def test_finetuning_from_the_backbone_and_the_comparison_table(run, tiny_run, tiny_train_config, tmp_path):
     """The same recipe as the shared scratch run, started from the distilled backbone; then the docs table."""
     from medvit.train import train
@@ -210,10 +228,28 @@ def test_resume_matches_an_uninterrupted_run(pools, tmp_path, monkeypatch):
         pretrain(cfg, tmp_path / "killed")
 
 
+def test_a_fine_tuned_run_can_be_the_teacher(tiny_run, pools, tmp_path):
+    """A ``medvit train`` run as teacher: the student matches its stage maps and its 3 class logits."""
+    cfg = pretrain_config_from_dict(_config(pools[:1], teacher=str(tiny_run), epochs=2))
+    result = pretrain(cfg, tmp_path / "from_run")
+    first, last = result.history
+    assert last["loss"] < first["loss"] and all(last[f"stage{i}"] < first[f"stage{i}"] for i in range(1, 5))
+    info = json.loads((result.run_dir / "model.json").read_text())
+    assert info["teacher_kind"] == "run" and info["teacher_weights"] == str(tiny_run)
+    assert info["teacher"] == "vvt_tiny" and info["teacher_dataset"] == "busi"
+    assert info["teacher_sha256"] == sha256_file(tiny_run / "best.safetensors")
+    assert result.images_seen <= _rows(pools[:1], "train")
+    described = describe_pretrained(str(result.run_dir), "vvt_tiny")["pretrained_description"]
+    assert described == f"distilled from the fine-tuned vvt_tiny of {tiny_run.name} (busi) on 24 unlabeled training images of busi"
+    model = create_model("vvt_tiny", num_classes=3, pretrained=result.run_dir, **TINY_VVT)
+    backbone = load_file(str(result.backbone))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
+
+
 def test_config_errors_name_the_key(pools, tmp_path):
     with pytest.raises(ValueError, match="did you mean 'stage_weights'"):
         pretrain_config_from_dict(_config(pools, stage_weight=[1, 1, 1, 1]))
-    with pytest.raises(ValueError, match="config key 'teacher'"):
+    with pytest.raises(ValueError, match="config key 'teacher'.*or a `medvit train` run directory"):
         pretrain_config_from_dict(_config(pools, teacher="tf_efficientnet_lite4"))
     with pytest.raises(ValueError, match=r"data\[0\]': missing root"):
         pretrain_config_from_dict(_config(pools, data=[{"manifest": pools[0]["manifest"]}]))

@@ -24,6 +24,8 @@ def test_every_default_passes_its_own_type_check():
         ("pretrained=true", True),
         ("pretrained=weights/x.safetensors", "weights/x.safetensors"),
         ("lr=1", 1.0),
+        ("lr=3e-4", 3e-4),  # YAML 1.1 reads an exponent without a dot as a string
+        ("min_lr=1E-6", 1e-6),
         ("layer_decay=null", None),
         ("distill.teacher=runs/teacher", "runs/teacher"),
         ("model_kwargs={drop_path_rate: 0.1}", {"drop_path_rate": 0.1}),

@@ -1,10 +1,11 @@
 """Latency of the demo page's work for one image: probabilities + the four stage overlays, on CPU.
 
 Times :func:`medvit.demo.explain_image` (preprocess, one forward + one backward pass for the four stage
-CAMs, upsampling and overlays) for each embedded demo model at a fixed network input size (224² by
-default, the issue's target: at most 1.0 s on a 2-core machine), after warm-up, on a bundled sample.
+CAMs, upsampling and overlays) for each embedded demo model at the network input size it was trained
+for (what the page feeds it; ``--size N`` forces N² on every model that accepts it), after warm-up, on a
+bundled sample. Target: at most 1.0 s on a 2-core machine.
 
-    .venv/bin/python experiments/benchmarks/app_latency.py [--size 224] [--repeats 10] [--threads 2]
+    .venv/bin/python experiments/benchmarks/app_latency.py [--size N] [--repeats 10] [--threads 2]
 
 Writes ``experiments/benchmarks/results/app_latency.csv`` and ``app_latency.md``.
 """
@@ -32,10 +33,12 @@ _logger = logging.getLogger("medvit.benchmarks.app_latency")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def time_model(entry: demo.RunEntry, rgb, size: int, repeats: int, warmup: int, method: str) -> dict:
-    """Median and spread of ``explain_image`` for one run directory at a ``size``² network input."""
+def time_model(entry: demo.RunEntry, rgb, size: int | None, repeats: int, warmup: int, method: str) -> dict:
+    """Median and spread of ``explain_image`` for one run directory at its own input size (or ``size``²)."""
     model = demo.load_demo_model(entry.path)
-    model.run = dataclasses.replace(model.run, image_size=(size, size))  # the benchmark's input size
+    if size is not None:
+        model.run = dataclasses.replace(model.run, image_size=(size, size))  # a forced input size
+    height, width = model.run.image_size
     for _ in range(warmup):
         demo.explain_image(model, rgb, method=method)
     seconds = []
@@ -49,7 +52,7 @@ def time_model(entry: demo.RunEntry, rgb, size: int, repeats: int, warmup: int, 
         "model": entry.model_name,
         "dataset": entry.dataset,
         "default": entry.is_default,
-        "input": f"{size}x{size}",
+        "input": f"{height}x{width}",
         "image": f"{rgb.shape[1]}x{rgb.shape[0]}",
         "method": method,
         "threads": torch.get_num_threads(),
@@ -65,7 +68,7 @@ def time_model(entry: demo.RunEntry, rgb, size: int, repeats: int, warmup: int, 
 def main() -> None:
     """Time every embedded demo model and write the CSV + Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224, help="network input side (default 224)")
+    parser.add_argument("--size", type=int, default=None, help="force an N² network input (default: each model's own)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -85,16 +88,17 @@ def main() -> None:
         try:
             row = time_model(entry, read_image(sample.path), args.size, args.repeats, args.warmup, args.method)
         except (ValueError, RuntimeError) as error:  # e.g. a model built for another input size
-            _logger.warning("%s: not timed at %d²: %s", entry.path.name, args.size, error)
+            _logger.warning("%s: not timed at %s²: %s", entry.path.name, args.size, error)
             continue
         _logger.info("%s: median %.3f s", entry.path.name, row["median_s"])
         rows.append(row)
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "app_latency.csv", index=False, float_format="%.4f")
+    size_text = f"{args.size}² for every model" if args.size else "each model's own (column `input`, H×W)"
     header = (
         "# Demo latency: image to probabilities + 4 stage overlays (CPU)\n\n"
-        f"`medvit.demo.explain_image`, {args.method}, network input {args.size}², median of {args.repeats} "
+        f"`medvit.demo.explain_image`, {args.method}, network input {size_text}, median of {args.repeats} "
         f"after {args.warmup} warm-up calls, torch {torch.__version__}, {args.threads} threads, "
         f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs). Target: ≤ 1.0 s. "
         "`min_s` is the least-contended call; on a machine shared with other jobs (see `load_avg_1min`, the "

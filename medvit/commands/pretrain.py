@@ -1,4 +1,4 @@
-"""``medvit pretrain``: stage-wise distillation from an ImageNet teacher into a zoo backbone."""
+"""``medvit pretrain``: stage-wise distillation from an ImageNet (or fine-tuned) teacher into a zoo backbone."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``pretrain``."""
     p = subparsers.add_parser(
         "pretrain",
-        help="distil an ImageNet EfficientNet-Lite into a backbone on unlabeled train images",
-        description="Stage-wise feature distillation (plus KL on ImageNet logits) from a bundled "
-        "EfficientNet-Lite teacher into any zoo backbone, on the train splits of the given manifests. "
+        help="distil an ImageNet EfficientNet-Lite (or a fine-tuned run) into a backbone on unlabeled train images",
+        description="Stage-wise feature distillation (plus KL on the teacher's logits) from a bundled ImageNet "
+        "EfficientNet-Lite teacher, or from a `medvit train` run directory (teacher: RUN), into any zoo backbone, "
+        "on the train splits of the given manifests. "
         "Writes RUN/backbone.safetensors; fine-tune with 'medvit train --set pretrained=RUN'.",
     )
     p.add_argument("--config", type=Path, help="YAML config (experiments/configs/pretrain_*.yaml)")

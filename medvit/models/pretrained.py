@@ -113,10 +113,29 @@ def read_pretrain_run(path: str | Path) -> dict[str, Any] | None:
 
 def _pretrain_description(info: dict[str, Any]) -> str:
     datasets = ", ".join(dict.fromkeys(str(d) for d in info.get("datasets", []))) or "?"
-    return (
-        f"distilled from ImageNet {_lite_label(str(info.get('teacher', '?')))} on "
-        f"{int(info.get('num_images', 0)):,} unlabeled training images of {datasets}"
-    )
+    teacher = str(info.get("teacher", "?"))
+    if info.get("teacher_kind") == "run":
+        source = (
+            f"the fine-tuned {teacher} of {Path(str(info.get('teacher_weights', '?'))).name} "
+            f"({info.get('teacher_dataset') or '?'})"
+        )
+    else:
+        source = f"ImageNet {_lite_label(teacher)}"
+    return f"distilled from {source} on {int(info.get('num_images', 0)):,} unlabeled training images of {datasets}"
+
+
+def _file_description(text: str, path: Path) -> str:
+    """``in FILE``, or for the weights of a ``medvit train`` run that run and what it started from."""
+    info_path = path.parent / _RUN_INFO
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict) or "class_names" not in info:
+        return f"in {text}"
+    earlier = info.get("pretrained_description")
+    started = f" (started from weights {earlier})" if info.get("pretrained") and earlier else ""
+    return f"of the medvit run {path.parent.name}{started}"
 
 
 def _bundled(name: str, model_name: str) -> PretrainedSource:
@@ -227,7 +246,7 @@ def resolve_pretrained(value: bool | str | Path | None, model_name: str) -> Pret
         info = read_pretrain_run(path.parent) if path.name == PRETRAIN_WEIGHTS else None
         if info is not None:
             return _pretrain_run(text, path.parent, info, model_name)
-        return PretrainedSource("file", text, path, f"weights from {text}")
+        return PretrainedSource("file", text, path, _file_description(text, path))
     repo_id = _hub_repo_of_tag(text)
     if repo_id is not None:
         return _hub(text, repo_id, model_name)

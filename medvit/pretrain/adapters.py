@@ -3,7 +3,7 @@
 Each of the student's four stage maps (strides 4, 8, 16, 32, read through the pyramid contract:
 :func:`medvit.models.pyramid_stages` and ``forward_intermediates``) goes through a 1x1 convolution
 to the teacher's stage width and a ``BatchNorm2d``, so it is compared with the teacher's map in the
-same standardised units (:mod:`medvit.pretrain.losses`). The student keeps its own 1000-class head
+same standardised units (:mod:`medvit.pretrain.losses`). The student keeps its own head (1000 classes for an ImageNet teacher)
 for the KL term. Only the backbone is kept after pretraining: adapters and head are dropped
 (:func:`backbone_state_dict`).
 """
@@ -44,19 +44,21 @@ class PyramidStudent(nn.Module):
     """A student backbone with adapters to the teacher's stage widths.
 
     Args:
-        student: the backbone, created with ``num_classes=1000`` (its head learns the teacher's logits).
+        student: the backbone, created with the teacher's number of classes (its head learns the
+            teacher's logits: 1000 for an ImageNet teacher).
         teacher_chs: channels of the teacher's four stage maps.
+        num_classes: the teacher's number of logits.
 
     Raises:
-        ValueError: the student has no 1000-class head or no four-stage pyramid.
+        ValueError: the student's head does not match the teacher's logits, or no four-stage pyramid.
     """
 
-    def __init__(self, student: nn.Module, teacher_chs: Sequence[int]) -> None:
+    def __init__(self, student: nn.Module, teacher_chs: Sequence[int], num_classes: int = 1000) -> None:
         super().__init__()
-        if getattr(student, "num_classes", None) != 1000:
+        if getattr(student, "num_classes", None) != num_classes:
             raise ValueError(
-                f"the student needs a 1000-class ImageNet head for the KL term; create it with num_classes=1000 "
-                f"(got {getattr(student, 'num_classes', None)})"
+                f"the student needs a {num_classes}-class head for the KL term on the teacher's logits; create it "
+                f"with num_classes={num_classes} (got {getattr(student, 'num_classes', None)})"
             )
         stages = pyramid_stages(student)
         if len(teacher_chs) != len(stages):

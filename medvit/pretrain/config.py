@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from medvit.train.config import apply_overrides
+from medvit.train.config import EXPONENT_NUMBER, apply_overrides
 
 __all__ = ["TEACHERS", "PretrainConfig", "DataSource", "load_pretrain_config", "pretrain_config_from_dict", "pretrain_config_to_dict"]
 
@@ -51,7 +51,9 @@ class PretrainConfig:
         student: backbone to pretrain, any ``medvit.models.create_model`` name (``medvit models``).
         student_kwargs: extra keyword arguments for ``create_model`` (must be repeated as
             ``model_kwargs`` when fine-tuning).
-        teacher: bundled ImageNet teacher, one of :data:`TEACHERS`.
+        teacher: bundled ImageNet teacher, one of :data:`TEACHERS`, or a ``medvit train`` run directory
+            (its fine-tuned network: the student then matches its stage maps and class logits, e.g. the
+            EyePACS lite0 for a retina-specific start).
         data: list of ``{manifest, root}``; the union of their ``train`` splits is the pool
             (val and test rows are never read). Labels are unused.
         max_images_per_source: first keep a seeded subset of at most this many train images of each
@@ -65,7 +67,7 @@ class PretrainConfig:
         batch_size: images per step.
         lr, min_lr, weight_decay, warmup_epochs, grad_clip: AdamW with a per-step cosine schedule.
         stage_weights: weight of the feature loss of each of the four stages (strides 4..32).
-        kl_weight: weight of the KL term on the teacher's 1000 ImageNet logits (0.25: with T = 2 a fresh
+        kl_weight: weight of the KL term on the teacher's logits (1000 ImageNet classes, or a run's classes) (0.25: with T = 2 a fresh
             student's KL is about 19, so the weighted KL, about 5, is about half the four stage losses, about 8).
         temperature: softmax temperature of the KL term (scaled by ``T**2``).
         amp: bf16 autocast on CUDA (always fp32 on CPU).
@@ -76,7 +78,7 @@ class PretrainConfig:
 
     student: str = "vvt_tiny"
     student_kwargs: dict = field(default_factory=dict)
-    teacher: str = field(default="tf_efficientnet_lite2", metadata={"choices": TEACHERS})
+    teacher: str = "tf_efficientnet_lite2"
     data: list = field(default_factory=list)
     max_images_per_source: int | None = field(default=None, metadata=_range(1, None))
     max_images: int | None = field(default=None, metadata=_range(1, None))
@@ -110,6 +112,13 @@ class PretrainConfig:
                 f"config key 'stage_weights': expected four non-negative numbers (strides 4, 8, 16, 32), got {weights!r}"
             )
         self.stage_weights = [float(w) for w in weights]
+        if not isinstance(self.teacher, str) or (
+            self.teacher not in TEACHERS and not (Path(self.teacher) / "model.json").is_file()
+        ):
+            raise ValueError(
+                f"config key 'teacher': got {self.teacher!r}; expected one of {', '.join(TEACHERS)} (bundled ImageNet "
+                "weights) or a `medvit train` run directory (with its model.json)"
+            )
         if not self.data:
             raise ValueError(
                 "config key 'data': expected a list of {manifest: CSV, root: RAW_DIR}; e.g. "
@@ -164,11 +173,14 @@ def _accepts(value: Any, hint: Any) -> bool:
 
 
 def _check(key: str, value: Any, hint: Any, f: dataclasses.Field) -> Any:
+    takes_float = hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
+    if takes_float and isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)
     if not _accepts(value, hint):
         raise ValueError(f"config key '{key}': expected {getattr(hint, '__name__', hint)}, got {value!r}")
     if value is None:
         return None
-    if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)):
+    if takes_float:
         value = float(value)
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         raise ValueError(f"config key '{key}': got {value!r}; allowed: {', '.join(map(str, f.metadata['choices']))}")

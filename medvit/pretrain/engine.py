@@ -1,4 +1,4 @@
-"""``medvit pretrain``: stage-wise distillation from a bundled ImageNet teacher on unlabeled images.
+"""``medvit pretrain``: stage-wise distillation from a frozen teacher (ImageNet or a fine-tuned run) on unlabeled images.
 
 One process (CPU or one GPU). The loop reuses the fine-tuning engine's pieces: data order and
 augmentation are functions of ``(seed, epoch)`` (:func:`medvit.train.sampling.build_loader`), every
@@ -36,7 +36,7 @@ from medvit.pretrain.adapters import PyramidStudent, backbone_state_dict
 from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pretrain_config_to_dict
 from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
 from medvit.pretrain.losses import PretrainLoss
-from medvit.pretrain.teacher import load_teacher
+from medvit.pretrain.teacher import TeacherSource, load_teacher
 from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, MODEL_JSON, atomic_write_text, load_run_weights, save_run_weights
 from medvit.train.checkpoint import commit_checkpoint, recover_checkpoint, rng_state, seed_epoch, set_rng_state
 from medvit.train.distributed import DistContext
@@ -109,15 +109,17 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 
 def _model_json(
-    cfg: PretrainConfig, student_kwargs: dict, teacher_path: str, pool: Any, mean: Sequence[float], std: Sequence[float]
+    cfg: PretrainConfig, student_kwargs: dict, teacher: TeacherSource, pool: Any, mean: Sequence[float], std: Sequence[float]
 ) -> dict[str, Any]:
     return {
         "kind": PRETRAIN_KIND,
         "model": cfg.student,
         "model_kwargs": student_kwargs,
-        "teacher": cfg.teacher,
-        "teacher_weights": f"bundled:{cfg.teacher}",
-        "teacher_sha256": sha256_file(teacher_path),
+        "teacher": teacher.model,
+        "teacher_kind": teacher.kind,
+        "teacher_weights": teacher.value,
+        "teacher_sha256": sha256_file(teacher.weights),
+        "teacher_dataset": teacher.dataset,
         "data": pool.sources,
         "datasets": pool.datasets,
         "num_images": len(pool.records),
@@ -182,12 +184,12 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
     info = get_model_info(cfg.student)
     if info is not None and info.takes_img_size:
         student_kwargs.setdefault("img_size", list(cfg.image_size))
-    torch.manual_seed(cfg.seed)
-    student = create_model(cfg.student, num_classes=1000, **student_kwargs)
-    data_cfg = resolve_model_data_config(student)
+    data_cfg = resolve_model_data_config(create_model(cfg.student, num_classes=0, **student_kwargs))
     mean, std = [float(m) for m in data_cfg["mean"]], [float(s) for s in data_cfg["std"]]
-    teacher, teacher_path = load_teacher(cfg.teacher, mean, std)
-    net = PyramidStudent(student, teacher.stage_chs)
+    teacher, teacher_source = load_teacher(cfg.teacher, mean, std)
+    torch.manual_seed(cfg.seed)
+    student = create_model(cfg.student, num_classes=teacher.num_classes, **student_kwargs)
+    net = PyramidStudent(student, teacher.stage_chs, teacher.num_classes)
     net.to(device)
     teacher.to(device)
     criterion = PretrainLoss(cfg.stage_weights, cfg.kl_weight, cfg.temperature)
@@ -222,11 +224,11 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
     else:
         atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(pretrain_config_to_dict(cfg), sort_keys=False))
         atomic_write_text(
-            out / MODEL_JSON, json.dumps(_model_json(cfg, student_kwargs, teacher_path, pool, mean, std), indent=2)
+            out / MODEL_JSON, json.dumps(_model_json(cfg, student_kwargs, teacher_source, pool, mean, std), indent=2)
         )
     _logger.info(
         "pretrain %s <- %s on %d images (%s), %dx%d, %d steps/epoch, %d epochs",
-        cfg.student, cfg.teacher, len(pool.records), ", ".join(pool.datasets), *cfg.image_size,
+        cfg.student, teacher_source.value, len(pool.records), ", ".join(pool.datasets), *cfg.image_size,
         steps_per_epoch, cfg.epochs,
     )
 

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,6 +197,8 @@ class TrainConfig:
         raise ValueError(f"config key 'mode': got {self.mode!r}; allowed: {', '.join(MODES)}")
 
 
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""A number in exponent form that YAML 1.1 (PyYAML) reads as a string when it has no dot: ``3e-4``."""
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 
 
@@ -235,6 +238,8 @@ def _coerce(value: Any, tp: Any) -> Any:
             raise TypeError
         return value
     if tp is float:
+        if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads ``3e-4`` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise TypeError
         return float(value)
