@@ -34,7 +34,8 @@ clean:
 #   * `medvit pretrain` of vvt_nano (medvit's narrow VVT-Tiny): ImageNet EfficientNet-Lite2 distilled stage by stage
 #     on the pools' unlabeled train images (experiments/configs/pretrain_vvt_nano.yaml);
 #   * pyramid ViTs with KD from that dataset's lite0: vvt_tiny and acc_vit_nano for BUSI (from random init),
-#     vvt_nano for HAM10000 (from the pretrain run); none for EyePACS yet (demo_eyepacs_vvt_nano.yaml stayed at chance);
+#     vvt_nano for HAM10000 (from the pretrain run, then a class-balanced second stage), vvt_nano for EyePACS (from
+#     a pretrain run whose teacher is the fine-tuned EyePACS lite0: experiments/configs/pretrain_vvt_nano_eyepacs.yaml);
 #   * vvt_nano on BUSI from random init AND from the pretrain run, same recipe: the scratch-vs-distilled comparison
 #     of docs/pretraining.md (experiments/pretrain_comparison.py), not embedded (the 50 MB budget).
 #   The test split plays no part in any choice: epochs and defaults are chosen on validation.
@@ -68,12 +69,23 @@ demo-models: $(STAMP)
 	$(call demo_train,demo_busi_vvt_tiny,busi_vvt_tiny,busi_256,)
 	$(call demo_train,demo_busi_acc_vit_nano,busi_acc_vit_nano,busi_256,)
 	$(call demo_train,demo_ham10000_vvt_nano,ham10000_vvt_nano,ham10000_200x150,)
+	$(call demo_train,demo_ham10000_vvt_nano_balanced,ham10000_vvt_nano_balanced,ham10000_200x150,\
+		--set pretrained=$(DEMO_RUNS)/ham10000_vvt_nano/best.safetensors)
+	rm -rf runs/pretrain/vvt_nano_eyepacs
+	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_nano_eyepacs.yaml --out runs/pretrain/vvt_nano_eyepacs \
+		--set teacher=$(DEMO_RUNS)/eyepacs_lite0 --set data.0.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
+	$(call demo_train,demo_eyepacs_vvt_nano,eyepacs_vvt_nano,eyepacs_256,)
+	$(call demo_train,demo_eyepacs_vvt_nano_gentle,eyepacs_vvt_nano_gentle,eyepacs_256,)
 	$(call demo_train,demo_busi_vvt_nano_scratch,busi_vvt_nano_scratch,busi_256,)
 	$(call demo_train,demo_busi_vvt_nano_pretrained,busi_vvt_nano_pretrained,busi_256,)
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
-	for m in busi_lite0 ham10000_lite0 eyepacs_lite0 busi_vvt_tiny busi_acc_vit_nano ham10000_vvt_nano; do \
-		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$$m --out $(DEMO_OUT)/$$m || exit 1; \
+	for pair in busi_lite0 ham10000_lite0 eyepacs_lite0 busi_vvt_tiny busi_acc_vit_nano \
+		ham10000_vvt_nano_balanced:ham10000_vvt_nano; do \
+		run=$${pair%%:*}; folder=$${pair##*:}; \
+		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$$run --out $(DEMO_OUT)/$$folder || exit 1; \
 	done
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_vvt_nano $(DEMO_RUNS)/eyepacs_vvt_nano_gentle --metric qwk \
+		--out $(DEMO_OUT)/eyepacs_vvt_nano
 	$(DEMO_MEDVIT) demo-defaults $(DEMO_OUT)
 	$(VENV)/bin/python experiments/pretrain_comparison.py --scratch $(DEMO_RUNS)/busi_vvt_nano_scratch \
 		--distilled $(DEMO_RUNS)/busi_vvt_nano_pretrained

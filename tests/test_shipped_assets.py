@@ -85,15 +85,7 @@ def test_one_default_model_per_dataset():
         assert defaults[0].is_embedded and default_run(entries, dataset) == defaults[0]
 
 
-NO_EYEPACS_VIT_YET = pytest.mark.xfail(
-    strict=True, reason="issue 12: the EyePACS pyramid-ViT candidates (vvt_nano from scratch and from `medvit pretrain`) "
-    "stayed at chance on validation; remove this mark when one lands"
-)
-
-
-@pytest.mark.parametrize(
-    "dataset", [pytest.param(d, marks=NO_EYEPACS_VIT_YET) if d == "eyepacs" else d for d in DATASETS]
-)
+@pytest.mark.parametrize("dataset", DATASETS)
 def test_each_dataset_has_lite0_and_a_pyramid_vit(dataset):
     entries = discover_runs(None, EMBEDDED)
     families = {e.model_name for e in entries if e.dataset == dataset}
