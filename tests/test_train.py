@@ -200,6 +200,10 @@ def test_distillation_from_a_run(busi, tmp_path):
     student = tmp_path / "student"
     _train(busi, student, report=False, distill={"teacher": str(teacher), "temperature": 2.0, "alpha": 0.5})
     assert (student / "best.safetensors").is_file()
+    info = json.loads((student / "model.json").read_text())
+    from medvit.hashing import sha256_file
+
+    assert info["distill_teacher_sha256"] == sha256_file(teacher / "best.safetensors")  # holds if the teacher is retrained
 
 
 def _subprocess_env() -> dict:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 
+from medvit.hashing import sha256_file
 from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, MODEL_JSON, PREDICTIONS_CSV, atomic_write_text
 from medvit.train.config import TrainConfig, config_to_dict
 
@@ -65,6 +66,14 @@ def _pretrained_record(cfg: TrainConfig) -> dict[str, Any]:
     return describe_pretrained(cfg.pretrained, cfg.model)
 
 
+def _teacher_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The distillation teacher's weights sha256, so the record holds when the teacher folder is retrained."""
+    if not cfg.distill.teacher:
+        return {}
+    weights = Path(cfg.distill.teacher) / BEST_WEIGHTS
+    return {"distill_teacher_sha256": sha256_file(weights) if weights.is_file() else None}
+
+
 def write_run_files(
     cfg: TrainConfig, out: Path, data: dict[str, Any], model_kwargs: dict[str, Any], mean: Sequence[float], std: Sequence[float]
 ) -> None:
@@ -94,6 +103,7 @@ def write_run_files(
         "questions": side.get("questions"),  # the dataset's clinical questions (None: the spec's, see reporting)
         "raw_hash": side.get("raw_hash"),
         **_pretrained_record(cfg),
+        **_teacher_record(cfg),
         "seed": cfg.seed,
         "torch": torch.__version__,
     }
