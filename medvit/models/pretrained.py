@@ -101,14 +101,24 @@ def read_pretrain_run(path: str | Path) -> dict[str, Any] | None:
     Raises:
         ValueError: ``model.json`` exists but is not valid JSON.
     """
-    info_path = Path(path) / _RUN_INFO
+    info = _read_run_info(path)
+    return info if info is not None and info.get("kind") == PRETRAIN_KIND else None
+
+
+def _read_run_info(folder: str | Path) -> dict[str, Any] | None:
+    """``model.json`` of ``folder`` as a dict, or None when there is none (or it is not a mapping).
+
+    Raises:
+        ValueError: ``model.json`` exists but is not valid JSON.
+    """
+    info_path = Path(folder) / _RUN_INFO
     if not info_path.is_file():
         return None
     try:
         info = json.loads(info_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{info_path}: not valid JSON ({error}); the run directory is corrupt") from error
-    return info if isinstance(info, dict) and info.get("kind") == PRETRAIN_KIND else None
+    return info if isinstance(info, dict) else None
 
 
 def _pretrain_description(info: dict[str, Any]) -> str:
@@ -126,12 +136,11 @@ def _pretrain_description(info: dict[str, Any]) -> str:
 
 def _file_description(text: str, path: Path) -> str:
     """``in FILE``, or for the weights of a ``medvit train`` run that run and what it started from."""
-    info_path = path.parent / _RUN_INFO
     try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = _read_run_info(path.parent)
+    except ValueError:  # a corrupt neighbour does not stop the weights from loading
         info = None
-    if not isinstance(info, dict) or "class_names" not in info:
+    if info is None or "class_names" not in info:
         return f"in {text}"
     earlier = info.get("pretrained_description")
     started = f" (started from weights {earlier})" if info.get("pretrained") and earlier else ""

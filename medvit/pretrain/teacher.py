@@ -94,20 +94,20 @@ def load_teacher(name: str, student_mean: Sequence[float], student_std: Sequence
         ValueError: the run directory is corrupt or its model has no four-stage pyramid.
     """
     from medvit.models import create_model
-    from medvit.models.efficientnet_lite import BUNDLED_PACKAGES
-    from medvit.run_dir import load_run
+    from medvit.pretrain.config import TEACHERS
+    from medvit.run_dir import BEST_WEIGHTS, MODEL_JSON, load_run
 
-    if name in BUNDLED_PACKAGES:
+    if name in TEACHERS:
         path = bundled_weights_path(name)
         model = create_model(name, num_classes=1000, pretrained=True)
         return Teacher(model, student_mean, student_std), TeacherSource("bundled", f"bundled:{name}", str(path), name)
     run_dir = Path(name)
-    if not (run_dir / "model.json").is_file():
+    if not (run_dir / MODEL_JSON).is_file():
         raise FileNotFoundError(
-            f"config key 'teacher': {name!r} is neither a bundled ImageNet teacher ({', '.join(sorted(BUNDLED_PACKAGES))}) "
+            f"config key 'teacher': {name!r} is neither a bundled ImageNet teacher ({', '.join(TEACHERS)}) "
             "nor a `medvit train` run directory (no model.json there); pass one of those"
         )
     run = load_run(run_dir)
     teacher = Teacher(run.model, student_mean, student_std, run.mean, run.std)
-    weights = run_dir / "best.safetensors"
+    weights = run_dir / BEST_WEIGHTS
     return teacher, TeacherSource("run", name, str(weights), run.model_name, run.dataset)
