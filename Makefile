@@ -30,12 +30,15 @@ clean:
 # ---- demo-models (owner: app) -------------------------------------------------------------------------
 # `make demo-models` regenerates the embedded demo models in app/demo_models/ from the development pools
 # ($(POOLS), see its README) and the committed configs experiments/configs/{demo_*,pretrain_*}.yaml:
-#   * ImageNet tf_efficientnet_lite0 (bundled weights), all layers fine-tuned per dataset (busi, ham10000, eyepacs);
+#   * ImageNet tf_efficientnet_lite0 (bundled weights), all layers fine-tuned per dataset (busi, ham10000, eyepacs;
+#     for eyepacs also with SORD soft ordinal labels, the better on validation QWK kept);
 #   * `medvit pretrain` of vvt_nano (medvit's narrow VVT-Tiny): ImageNet EfficientNet-Lite2 distilled stage by stage
 #     on the pools' unlabeled train images (experiments/configs/pretrain_vvt_nano.yaml);
-#   * pyramid ViTs with KD from that dataset's lite0: vvt_tiny and acc_vit_nano for BUSI (from random init),
+#   * pyramid ViTs with KD from that dataset's lite0: vvt_tiny and acc_vit_nano for BUSI (from random init; ACC-ViT
+#     also continued for a second schedule),
 #     vvt_nano for HAM10000 (from the pretrain run, then a class-balanced second stage), vvt_nano for EyePACS (from
-#     a pretrain run whose teacher is the fine-tuned EyePACS lite0: experiments/configs/pretrain_vvt_nano_eyepacs.yaml);
+#     a pretrain run whose teacher is the fine-tuned EyePACS lite0: experiments/configs/pretrain_vvt_nano_eyepacs.yaml;
+#     two recipes, the gentler one continued for a second schedule, the best on validation QWK kept);
 #   * vvt_nano on BUSI from random init AND from the pretrain run, same recipe: the scratch-vs-distilled comparison
 #     of docs/pretraining.md (experiments/pretrain_comparison.py), not embedded (the 50 MB budget).
 #   The test split plays no part in any choice: epochs and defaults are chosen on validation.
@@ -62,12 +65,15 @@ demo-models: $(STAMP)
 	$(call demo_train,demo_busi_lite0,busi_lite0,busi_256,)
 	$(call demo_train,demo_ham10000_lite0,ham10000_lite0,ham10000_200x150,)
 	$(call demo_train,demo_eyepacs_lite0,eyepacs_lite0,eyepacs_256,)
+	$(call demo_train,demo_eyepacs_lite0_ordinal,eyepacs_lite0_ordinal,eyepacs_256,)
 	rm -rf runs/pretrain/vvt_nano
 	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_nano.yaml --out runs/pretrain/vvt_nano \
 		--set data.0.root=$(POOLS)/busi_256 --set data.1.root=$(POOLS)/ham10000_200x150 \
 		--set data.2.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
 	$(call demo_train,demo_busi_vvt_tiny,busi_vvt_tiny,busi_256,)
 	$(call demo_train,demo_busi_acc_vit_nano,busi_acc_vit_nano,busi_256,)
+	$(call demo_train,demo_busi_acc_vit_nano_longer,busi_acc_vit_nano_longer,busi_256,\
+		--set pretrained=$(DEMO_RUNS)/busi_acc_vit_nano/best.safetensors)
 	$(call demo_train,demo_ham10000_vvt_nano,ham10000_vvt_nano,ham10000_200x150,)
 	$(call demo_train,demo_ham10000_vvt_nano_balanced,ham10000_vvt_nano_balanced,ham10000_200x150,\
 		--set pretrained=$(DEMO_RUNS)/ham10000_vvt_nano/best.safetensors)
@@ -76,16 +82,21 @@ demo-models: $(STAMP)
 		--set teacher=$(DEMO_RUNS)/eyepacs_lite0 --set data.0.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
 	$(call demo_train,demo_eyepacs_vvt_nano,eyepacs_vvt_nano,eyepacs_256,)
 	$(call demo_train,demo_eyepacs_vvt_nano_gentle,eyepacs_vvt_nano_gentle,eyepacs_256,)
+	$(call demo_train,demo_eyepacs_vvt_nano_longer,eyepacs_vvt_nano_longer,eyepacs_256,\
+		--set pretrained=$(DEMO_RUNS)/eyepacs_vvt_nano_gentle/best.safetensors)
 	$(call demo_train,demo_busi_vvt_nano_scratch,busi_vvt_nano_scratch,busi_256,)
 	$(call demo_train,demo_busi_vvt_nano_pretrained,busi_vvt_nano_pretrained,busi_256,)
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
-	for pair in busi_lite0 ham10000_lite0 eyepacs_lite0 busi_vvt_tiny busi_acc_vit_nano \
-		ham10000_vvt_nano_balanced:ham10000_vvt_nano; do \
+	for pair in busi_lite0 ham10000_lite0 busi_vvt_tiny ham10000_vvt_nano_balanced:ham10000_vvt_nano; do \
 		run=$${pair%%:*}; folder=$${pair##*:}; \
 		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$$run --out $(DEMO_OUT)/$$folder || exit 1; \
 	done
-	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_vvt_nano $(DEMO_RUNS)/eyepacs_vvt_nano_gentle --metric qwk \
-		--out $(DEMO_OUT)/eyepacs_vvt_nano
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_acc_vit_nano $(DEMO_RUNS)/busi_acc_vit_nano_longer \
+		--out $(DEMO_OUT)/busi_acc_vit_nano
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_lite0 $(DEMO_RUNS)/eyepacs_lite0_ordinal --metric qwk \
+		--out $(DEMO_OUT)/eyepacs_lite0
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_vvt_nano $(DEMO_RUNS)/eyepacs_vvt_nano_gentle \
+		$(DEMO_RUNS)/eyepacs_vvt_nano_longer --metric qwk --out $(DEMO_OUT)/eyepacs_vvt_nano
 	$(DEMO_MEDVIT) demo-defaults $(DEMO_OUT)
 	$(VENV)/bin/python experiments/pretrain_comparison.py --scratch $(DEMO_RUNS)/busi_vvt_nano_scratch \
 		--distilled $(DEMO_RUNS)/busi_vvt_nano_pretrained

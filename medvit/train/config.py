@@ -122,6 +122,9 @@ class TrainConfig:
         warmup_epochs: linear warm-up length in epochs (may be fractional).
         layer_decay: layer-wise lr decay factor in (0, 1]; ``null`` disables it.
         label_smoothing: cross-entropy label smoothing.
+        ordinal_labels: for ordered grades (EyePACS), train against SORD soft labels
+            ``softmax(-ordinal_labels * (i - y)^2)`` instead of one-hot / smoothed ones
+            (:mod:`medvit.train.ordinal`); ``null`` disables. Needs ``label_smoothing: 0``.
         mode: ``full`` fine-tuning, ``linear`` probe (head only) or ``freeze_stages:N``
             (stem and the first N pyramid stages frozen).
         class_weighting: ``none``, ``inverse`` (N / (K n_c)) or ``effective``
@@ -159,6 +162,7 @@ class TrainConfig:
     warmup_epochs: float = field(default=1.0, metadata=_range(0.0, 10_000))
     layer_decay: float | None = field(default=None, metadata=_range(0.0, 1.0, low_open=True))
     label_smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    ordinal_labels: float | None = field(default=None, metadata=_range(0.0, 100.0, low_open=True))
     mode: str = "full"
     class_weighting: str = field(default="none", metadata=_choices(*CLASS_WEIGHTINGS))
     class_weight_beta: float = field(default=0.999, metadata=_range(0.0, 1.0))
@@ -177,6 +181,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.image_size = _image_size(self.image_size)
+        if self.ordinal_labels is not None and self.label_smoothing > 0:
+            raise ValueError(
+                "config keys 'ordinal_labels' and 'label_smoothing' both soften the targets; "
+                "set label_smoothing: 0 (the ordinal soft labels replace it) or ordinal_labels: null"
+            )
         _ = self.freeze_stages  # raises ValueError for a bad mode
         if self.class_weighting != "none" and self.balanced_sampler:
             raise ValueError(

@@ -235,7 +235,7 @@ class _Trainer:
         self.sample_weights = _sample_weights(labels, K) if cfg.balanced_sampler else None
         weights = class_weights(labels, K, cfg.class_weighting, cfg.class_weight_beta)
         weights = None if weights is None else weights.to(ctx.device)
-        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.criterion = self._criterion(weights)
         self.val_criterion = nn.CrossEntropyLoss(weight=weights)
         self.distill: nn.Module | None = None
         if cfg.distill.teacher:
@@ -265,6 +265,20 @@ class _Trainer:
                 self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
         self.interactive = ctx.is_main and sys.stderr.isatty()
+
+    def _criterion(self, weights: torch.Tensor | None) -> nn.Module:
+        """The supervised loss: cross-entropy on one-hot (smoothed) or ordinal soft labels."""
+        cfg = self.cfg
+        if cfg.ordinal_labels is None:
+            return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        if not self.data["is_ordinal"]:
+            raise ValueError(
+                f"config key 'ordinal_labels': the classes of {self.data['dataset']} ({', '.join(self.class_names)}) "
+                "are not ordered grades; set ordinal_labels: null (it is for graded data such as EyePACS)"
+            )
+        from medvit.train.ordinal import OrdinalSoftLabelLoss
+
+        return OrdinalSoftLabelLoss(len(self.class_names), cfg.ordinal_labels, weights).to(self.ctx.device)
 
     def _loader(self, split: SplitData, epoch: int, train: bool, num_workers: int | None = None, weights=None):
         return build_loader(
