@@ -27,7 +27,9 @@ def test_int8_export_is_remeasured_as_stored_and_defaults_follow_validation(tiny
     selection = export_demo_model([tiny_run], embedded / "busi_a", metric="balanced_accuracy")
     out = embedded / "busi_a"
     assert selection["storage"] == "int8"
-    assert (out / "best.safetensors").stat().st_size < 0.4 * (tiny_run / "best.safetensors").stat().st_size
+    # the tiny test model's kernels are all under MIN_INT8_VALUES, so stored fp16 (half the bytes); a full-size
+    # lite0 stores in about a quarter (test_storage.py)
+    assert (out / "best.safetensors").stat().st_size < 0.55 * (tiny_run / "best.safetensors").stat().st_size
     assert not os.path.isabs(yaml.safe_load((out / "config.yaml").read_text())["root"])
     info = json.loads((out / "model.json").read_text())
     assert "calibration" in info and info["calibration"]["temperature"] > 0
@@ -75,3 +77,15 @@ def test_pretrain_runs_are_not_offered_as_models_on_the_page(tiny_run, tmp_path)
     (runs / "pretrain" / "vvt_tiny" / "model.json").write_text(json.dumps({"kind": "pretrain", "model": "vvt_tiny"}))
     found = [e.path.name for e in discover_runs(runs, embedded_dir=tmp_path / "none")]
     assert found == ["finetuned"]
+
+
+def test_how_a_run_was_trained_names_ordinal_labels_and_the_teacher():
+    from medvit.demo.export import _describe_how
+
+    config = {"pretrained": True, "mode": "full", "ordinal_labels": 2.0,
+              "distill": {"teacher": "runs/demo_models/eyepacs_lite0", "temperature": 4.0, "alpha": 0.5}}
+    assert _describe_how(config) == (
+        "fine-tuned (all layers) from ImageNet weights on SORD ordinal soft labels (scale 2.0), "
+        "distilled from eyepacs_lite0 (DeiT soft targets, T=4.0, alpha=0.5)"
+    )
+    assert _describe_how({"pretrained": None}) == "trained from scratch"

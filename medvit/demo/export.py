@@ -63,6 +63,8 @@ def _describe_how(config: Mapping[str, Any], info: Mapping[str, Any] | None = No
             how = f"fine-tuned from ImageNet weights, stem and stages 1-{mode.partition(':')[2]} frozen"
     else:
         how = "trained from scratch"
+    if config.get("ordinal_labels"):
+        how += f" on SORD ordinal soft labels (scale {config['ordinal_labels']})"
     distill = config.get("distill") or {}
     if distill.get("teacher"):
         how += (
