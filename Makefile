@@ -38,7 +38,7 @@ clean:
 #     also with a longer, gentler schedule, ACC-ViT also continued for a second one),
 #     vvt_nano for HAM10000 (from the pretrain run, then a class-balanced second stage), vvt_nano for EyePACS (from
 #     a pretrain run whose teacher is the fine-tuned EyePACS lite0: experiments/configs/pretrain_vvt_nano_eyepacs.yaml;
-#     two recipes, the better on validation QWK kept);
+#     three recipes, one on SORD ordinal labels, the best on validation QWK kept);
 #   * vvt_nano on BUSI from random init AND from the pretrain run, same recipe: the scratch-vs-distilled comparison
 #     of docs/pretraining.md (experiments/pretrain_comparison.py), not embedded (the 50 MB budget).
 #   The test split plays no part in any choice: epochs and defaults are chosen on validation.
@@ -83,6 +83,7 @@ demo-models: $(STAMP)
 		--set teacher=$(DEMO_RUNS)/eyepacs_lite0 --set data.0.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
 	$(call demo_train,demo_eyepacs_vvt_nano,eyepacs_vvt_nano,eyepacs_256,)
 	$(call demo_train,demo_eyepacs_vvt_nano_gentle,eyepacs_vvt_nano_gentle,eyepacs_256,)
+	$(call demo_train,demo_eyepacs_vvt_nano_ordinal,eyepacs_vvt_nano_ordinal,eyepacs_256,)
 	$(call demo_train,demo_busi_vvt_nano_scratch,busi_vvt_nano_scratch,busi_256,)
 	$(call demo_train,demo_busi_vvt_nano_pretrained,busi_vvt_nano_pretrained,busi_256,)
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
@@ -95,8 +96,8 @@ demo-models: $(STAMP)
 		--out $(DEMO_OUT)/busi_acc_vit_nano
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_lite0 $(DEMO_RUNS)/eyepacs_lite0_ordinal --metric qwk \
 		--out $(DEMO_OUT)/eyepacs_lite0
-	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_vvt_nano $(DEMO_RUNS)/eyepacs_vvt_nano_gentle --metric qwk \
-		--out $(DEMO_OUT)/eyepacs_vvt_nano
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_vvt_nano $(DEMO_RUNS)/eyepacs_vvt_nano_gentle \
+		$(DEMO_RUNS)/eyepacs_vvt_nano_ordinal --metric qwk --out $(DEMO_OUT)/eyepacs_vvt_nano
 	$(DEMO_MEDVIT) demo-defaults $(DEMO_OUT)
 	$(VENV)/bin/python experiments/pretrain_comparison.py --scratch $(DEMO_RUNS)/busi_vvt_nano_scratch \
 		--distilled $(DEMO_RUNS)/busi_vvt_nano_pretrained
