@@ -89,3 +89,13 @@ def test_how_a_run_was_trained_names_ordinal_labels_and_the_teacher():
         "distilled from eyepacs_lite0 (DeiT soft targets, T=4.0, alpha=0.5)"
     )
     assert _describe_how({"pretrained": None}) == "trained from scratch"
+
+
+def test_the_card_says_how_many_epochs_ran_and_which_was_kept():
+    from medvit.demo.card import _describe_epochs
+
+    config = {"epochs": 16, "early_stopping": {"metric": "val_balanced_accuracy", "patience": 6}}
+    history = [{"val_balanced_accuracy": v} for v in (0.79, 0.65, 0.72, 0.73, 0.72, 0.73, 0.74)]
+    assert _describe_epochs(config, history) == "7 of 16, kept epoch 1"
+    assert _describe_epochs({"epochs": 3}, [{"val_loss": v} for v in (1.0, 0.5, 0.7)]) == "3, kept epoch 2"
+    assert _describe_epochs({"epochs": 3}, []) == "3"

@@ -143,7 +143,9 @@ def test_describe_pretrained(run):
 def test_describe_the_weights_of_a_fine_tuning_run(tiny_run, tmp_path):
     """A run's best.safetensors is described as that run (and what it started from), a bare file by its path."""
     weights = tiny_run / "best.safetensors"
-    assert describe_pretrained(str(weights), "vvt_tiny")["pretrained_description"] == f"of the medvit run {tiny_run.name}"
+    assert describe_pretrained(str(weights), "vvt_tiny")["pretrained_description"] == (
+        f"of the medvit run {tiny_run.name} (trained from random initialisation)"
+    )
     info = json.loads((tiny_run / "model.json").read_text())
     info.update(pretrained="runs/pretrain/x", pretrained_description="distilled from ImageNet EfficientNet-Lite2 on 9 images")
     stage_one = tmp_path / "stage_one"

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from medvit.demo.catalog import discover_runs
 from medvit.report import format_estimate, read_summary, summary_estimate
 from medvit.reporting.card import clinical_card
-from medvit.run_dir import read_config, read_metrics, read_model_info, read_selection, split_sizes, training_seconds
+from medvit.run_dir import (
+    kept_epoch, read_config, read_metrics, read_model_info, read_selection, split_sizes, training_seconds,
+)
 
 __all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
 
@@ -100,20 +102,21 @@ def load_model_card(path: str | Path) -> ModelCard:
         summary = read_summary(path) or {}
     except ValueError:
         summary = {}
+    history = read_metrics(path)
     sizes = split_sizes(info)
     if not sizes and isinstance(summary.get("n"), int):
         sizes = {str(summary.get("split", "test")): int(summary["n"])}
     return ModelCard(
         backbone=str(info.get("model", "")),
         pretrained=_describe_pretrained(info, config),
-        training=_describe_training(config, info),
+        training=_describe_training(config, info, history),
         dataset=str(info.get("dataset", "")),
         manifest=_describe_manifest(info),
         split_sizes=sizes,
         summary=_overall_scores(summary),
         per_class=_per_class_rows(summary),
         selection=read_selection(path),
-        train_seconds=training_seconds(read_metrics(path)),
+        train_seconds=training_seconds(history),
         clinical=clinical_card(summary),
         family=model_family(str(info.get("model", ""))),
     )
@@ -161,12 +164,28 @@ def _describe_pretrained(info: Mapping[str, Any], config: Mapping[str, Any]) -> 
     return f"{name}" + (f" (sha256 {str(sha)[:16]}…)" if sha else "")
 
 
-def _describe_training(config: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, str]:
+def _describe_epochs(config: Mapping[str, Any], history: Sequence[Mapping[str, float]]) -> str:
+    """Epochs trained (of those configured, when early stopping ended the run) and the epoch kept."""
+    planned = config.get("epochs", "")
+    if not history:
+        return str(planned)
+    ran = len(history)
+    metric = (config.get("early_stopping") or {}).get("metric", "val_loss")
+    try:
+        kept = f", kept epoch {kept_epoch(history, metric) + 1}"
+    except KeyError:
+        kept = ""
+    return (f"{ran} of {planned}" if planned and int(planned) != ran else str(ran)) + kept
+
+
+def _describe_training(
+    config: Mapping[str, Any], info: Mapping[str, Any], history: Sequence[Mapping[str, float]] = ()
+) -> dict[str, str]:
     if not config:
         return {}
     out = {
         "mode": str(config.get("mode", "")),
-        "epochs": str(config.get("epochs", "")),
+        "epochs": _describe_epochs(config, history),
         "image size": "×".join(str(s) for s in config.get("image_size", info.get("image_size", []))),
         "batch size": str(config.get("batch_size", "")),
         "optimizer": (

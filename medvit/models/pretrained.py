@@ -143,7 +143,12 @@ def _file_description(text: str, path: Path) -> str:
     if info is None or "class_names" not in info:
         return f"in {text}"
     earlier = info.get("pretrained_description")
-    started = f" (started from weights {earlier})" if info.get("pretrained") and earlier else ""
+    if info.get("pretrained") and earlier:
+        started = f" (started from weights {earlier})"
+    elif not info.get("pretrained"):
+        started = " (trained from random initialisation)"
+    else:
+        started = ""
     return f"of the medvit run {path.parent.name}{started}"
 
 
