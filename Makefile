@@ -35,7 +35,7 @@ clean:
 #   * `medvit pretrain` of vvt_nano (medvit's narrow VVT-Tiny): ImageNet EfficientNet-Lite2 distilled stage by stage
 #     on the pools' unlabeled train images (experiments/configs/pretrain_vvt_nano.yaml);
 #   * pyramid ViTs with KD from that dataset's lite0: vvt_tiny and acc_vit_nano for BUSI (from random init; vvt_tiny
-#     also with a longer, gentler schedule, ACC-ViT also continued for a second one),
+#     also with a longer, gentler schedule continued for a second one, ACC-ViT also continued for a second one),
 #     vvt_nano for HAM10000 (from the pretrain run, then a class-balanced second stage), vvt_nano for EyePACS (from
 #     a pretrain run whose teacher is the fine-tuned EyePACS lite0: experiments/configs/pretrain_vvt_nano_eyepacs.yaml;
 #     three recipes, one on SORD ordinal labels, the best on validation QWK kept);
@@ -72,6 +72,8 @@ demo-models: $(STAMP)
 		--set data.2.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
 	$(call demo_train,demo_busi_vvt_tiny,busi_vvt_tiny,busi_256,)
 	$(call demo_train,demo_busi_vvt_tiny_long,busi_vvt_tiny_long,busi_256,)
+	$(call demo_train,demo_busi_vvt_tiny_long_stage2,busi_vvt_tiny_long_stage2,busi_256,\
+		--set pretrained=$(DEMO_RUNS)/busi_vvt_tiny_long/best.safetensors)
 	$(call demo_train,demo_busi_acc_vit_nano,busi_acc_vit_nano,busi_256,)
 	$(call demo_train,demo_busi_acc_vit_nano_longer,busi_acc_vit_nano_longer,busi_256,\
 		--set pretrained=$(DEMO_RUNS)/busi_acc_vit_nano/best.safetensors)
@@ -91,7 +93,8 @@ demo-models: $(STAMP)
 		run=$${pair%%:*}; folder=$${pair##*:}; \
 		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$$run --out $(DEMO_OUT)/$$folder || exit 1; \
 	done
-	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_vvt_tiny $(DEMO_RUNS)/busi_vvt_tiny_long --out $(DEMO_OUT)/busi_vvt_tiny
+	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_vvt_tiny $(DEMO_RUNS)/busi_vvt_tiny_long \
+		$(DEMO_RUNS)/busi_vvt_tiny_long_stage2 --out $(DEMO_OUT)/busi_vvt_tiny
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_acc_vit_nano $(DEMO_RUNS)/busi_acc_vit_nano_longer \
 		--out $(DEMO_OUT)/busi_acc_vit_nano
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_lite0 $(DEMO_RUNS)/eyepacs_lite0_ordinal --metric qwk \
