@@ -209,6 +209,11 @@ class _Trainer:
         self.data = dataset_description(cfg)
         self.class_names = self.data["class_names"]
         K = len(self.class_names)
+        if cfg.ordinal_labels is not None and not self.data["is_ordinal"]:  # fail before loading model and data
+            raise ValueError(
+                f"config key 'ordinal_labels': the classes of {self.data['dataset']} ({', '.join(self.class_names)}) "
+                "are not ordered grades; set ordinal_labels: null (it is for graded data such as EyePACS)"
+            )
 
         self.model_kwargs = dict(cfg.model_kwargs)
         info = get_model_info(cfg.model)
@@ -267,15 +272,10 @@ class _Trainer:
         self.interactive = ctx.is_main and sys.stderr.isatty()
 
     def _criterion(self, weights: torch.Tensor | None) -> nn.Module:
-        """The supervised loss: cross-entropy on one-hot (smoothed) or ordinal soft labels."""
+        """The supervised loss: cross-entropy on one-hot (smoothed) or ordinal soft labels (graded data only)."""
         cfg = self.cfg
         if cfg.ordinal_labels is None:
             return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-        if not self.data["is_ordinal"]:
-            raise ValueError(
-                f"config key 'ordinal_labels': the classes of {self.data['dataset']} ({', '.join(self.class_names)}) "
-                "are not ordered grades; set ordinal_labels: null (it is for graded data such as EyePACS)"
-            )
         from medvit.train.ordinal import OrdinalSoftLabelLoss
 
         return OrdinalSoftLabelLoss(len(self.class_names), cfg.ordinal_labels, weights).to(self.ctx.device)
