@@ -35,7 +35,8 @@ clean:
 #   * `medvit pretrain` of vvt_nano (medvit's narrow VVT-Tiny): ImageNet EfficientNet-Lite2 distilled stage by stage
 #     on the pools' unlabeled train images (experiments/configs/pretrain_vvt_nano.yaml);
 #   * pyramid ViTs with KD from that dataset's lite0: vvt_tiny and acc_vit_nano for BUSI (from random init; vvt_tiny
-#     also with a longer, gentler schedule continued for a second one, ACC-ViT also continued for a second one),
+#     also with a longer, gentler schedule continued for a second one, ACC-ViT also continued for a second one;
+#     both also from a pretrain run whose teacher is the fine-tuned BUSI lite0: pretrain_{vvt_tiny,acc_vit_nano}_busi.yaml),
 #     vvt_nano for HAM10000 (from the pretrain run, then a class-balanced second stage), vvt_nano for EyePACS (from
 #     a pretrain run whose teacher is the fine-tuned EyePACS lite0: experiments/configs/pretrain_vvt_nano_eyepacs.yaml;
 #     three recipes, one on SORD ordinal labels, the best on validation QWK kept);
@@ -77,6 +78,13 @@ demo-models: $(STAMP)
 	$(call demo_train,demo_busi_acc_vit_nano,busi_acc_vit_nano,busi_256,)
 	$(call demo_train,demo_busi_acc_vit_nano_longer,busi_acc_vit_nano_longer,busi_256,\
 		--set pretrained=$(DEMO_RUNS)/busi_acc_vit_nano/best.safetensors)
+	rm -rf runs/pretrain/vvt_tiny_busi runs/pretrain/acc_vit_nano_busi
+	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_tiny_busi.yaml --out runs/pretrain/vvt_tiny_busi \
+		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
+	$(call demo_train,demo_busi_vvt_tiny_teacher,busi_vvt_tiny_teacher,busi_256,)
+	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_acc_vit_nano_busi.yaml --out runs/pretrain/acc_vit_nano_busi \
+		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
+	$(call demo_train,demo_busi_acc_vit_nano_teacher,busi_acc_vit_nano_teacher,busi_256,)
 	$(call demo_train,demo_ham10000_vvt_nano,ham10000_vvt_nano,ham10000_200x150,)
 	$(call demo_train,demo_ham10000_vvt_nano_balanced,ham10000_vvt_nano_balanced,ham10000_200x150,\
 		--set pretrained=$(DEMO_RUNS)/ham10000_vvt_nano/best.safetensors)
@@ -94,9 +102,9 @@ demo-models: $(STAMP)
 		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$$run --out $(DEMO_OUT)/$$folder || exit 1; \
 	done
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_vvt_tiny $(DEMO_RUNS)/busi_vvt_tiny_long \
-		$(DEMO_RUNS)/busi_vvt_tiny_long_stage2 --out $(DEMO_OUT)/busi_vvt_tiny
+		$(DEMO_RUNS)/busi_vvt_tiny_long_stage2 $(DEMO_RUNS)/busi_vvt_tiny_teacher --out $(DEMO_OUT)/busi_vvt_tiny
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_acc_vit_nano $(DEMO_RUNS)/busi_acc_vit_nano_longer \
-		--out $(DEMO_OUT)/busi_acc_vit_nano
+		$(DEMO_RUNS)/busi_acc_vit_nano_teacher --out $(DEMO_OUT)/busi_acc_vit_nano
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_lite0 $(DEMO_RUNS)/eyepacs_lite0_ordinal --metric qwk \
 		--out $(DEMO_OUT)/eyepacs_lite0
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_vvt_nano $(DEMO_RUNS)/eyepacs_vvt_nano_gentle \
