@@ -60,7 +60,7 @@ def test_demo_models_trains_every_run_before_a_config_needs_it() -> None:
     made: set[str] = set()
     for command in _demo_models_recipe():
         train = re.search(r"demo_train,(\w+),(\w+),\w+,(.*)\)", command)
-        pretrain = re.search(r"pretrain --config experiments/configs/(\w+)\.yaml --out (\S+)", command)
+        pretrain = re.search(r"pretrain --config experiments/configs/(\w+)\.yaml\s+--out\s+(\S+)", command)
         if not (train or pretrain):
             continue
         stem, out = (train.group(1), f"runs/demo_models/{train.group(2)}") if train else (pretrain.group(1), pretrain.group(2))
