@@ -83,6 +83,10 @@ demo-models: $(STAMP)
 	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_tiny_busi.yaml --out runs/pretrain/vvt_tiny_busi \
 		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
 	$(call demo_train,demo_busi_vvt_tiny_teacher,busi_vvt_tiny_teacher,busi_256,)
+	rm -rf runs/pretrain/vvt_tiny_busi_long
+	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_tiny_busi_long.yaml --out runs/pretrain/vvt_tiny_busi_long \
+		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
+	$(call demo_train,demo_busi_vvt_tiny_teacher_long,busi_vvt_tiny_teacher_long,busi_256,)
 	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_acc_vit_nano_busi.yaml --out runs/pretrain/acc_vit_nano_busi \
 		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
 	$(call demo_train,demo_busi_acc_vit_nano_teacher,busi_acc_vit_nano_teacher,busi_256,)
@@ -108,7 +112,8 @@ demo-models: $(STAMP)
 		$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/$$run --out $(DEMO_OUT)/$$folder || exit 1; \
 	done
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_vvt_tiny $(DEMO_RUNS)/busi_vvt_tiny_long \
-		$(DEMO_RUNS)/busi_vvt_tiny_long_stage2 $(DEMO_RUNS)/busi_vvt_tiny_teacher --out $(DEMO_OUT)/busi_vvt_tiny
+		$(DEMO_RUNS)/busi_vvt_tiny_long_stage2 $(DEMO_RUNS)/busi_vvt_tiny_teacher \
+		$(DEMO_RUNS)/busi_vvt_tiny_teacher_long --out $(DEMO_OUT)/busi_vvt_tiny
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/busi_acc_vit_nano $(DEMO_RUNS)/busi_acc_vit_nano_longer \
 		$(DEMO_RUNS)/busi_acc_vit_nano_teacher --out $(DEMO_OUT)/busi_acc_vit_nano
 	$(DEMO_MEDVIT) demo-export $(DEMO_RUNS)/eyepacs_lite0 $(DEMO_RUNS)/eyepacs_lite0_ordinal --metric qwk \
