@@ -48,6 +48,7 @@ __all__ = [
     "write_metrics_csv",
     "read_metrics",
     "kept_epoch",
+    "monitored_metric",
     "training_seconds",
     "split_sizes",
     "read_config",
@@ -291,6 +292,13 @@ def kept_epoch(history: Sequence[Mapping[str, float]], metric: str = "val_loss")
         if monitor.improves(value, best):
             best, kept = value, index
     return kept
+
+
+def monitored_metric(config: Mapping[str, Any]) -> str:
+    """The ``early_stopping.metric`` of a run's config, which chose its kept epoch (the engine's default if unset)."""
+    from medvit.train.config import EarlyStoppingConfig  # function level: medvit.train imports this module
+
+    return str((config.get("early_stopping") or {}).get("metric", EarlyStoppingConfig().metric))
 
 
 def training_seconds(history: Sequence[Mapping[str, float]]) -> float | None:

@@ -97,5 +97,8 @@ def test_the_card_says_how_many_epochs_ran_and_which_was_kept():
     config = {"epochs": 16, "early_stopping": {"metric": "val_balanced_accuracy", "patience": 6}}
     history = [{"val_balanced_accuracy": v} for v in (0.79, 0.65, 0.72, 0.73, 0.72, 0.73, 0.74)]
     assert _describe_epochs(config, history) == "7 of 16, kept epoch 1"
-    assert _describe_epochs({"epochs": 3}, [{"val_loss": v} for v in (1.0, 0.5, 0.7)]) == "3, kept epoch 2"
+    by_loss = {"epochs": 3, "early_stopping": {"metric": "val_loss"}}
+    assert _describe_epochs(by_loss, [{"val_loss": v} for v in (1.0, 0.5, 0.7)]) == "3, kept epoch 2"
+    # unset: the engine's default monitor (val_balanced_accuracy), as the engine kept it
+    assert _describe_epochs({"epochs": 3}, [{"val_balanced_accuracy": v} for v in (0.5, 0.4, 0.6)]) == "3, kept epoch 3"
     assert _describe_epochs({"epochs": 3}, []) == "3"

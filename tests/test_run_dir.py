@@ -14,6 +14,7 @@ from medvit.run_dir import (
     SELECTION_JSON,
     ReportFiles,
     kept_epoch,
+    monitored_metric,
     read_config,
     read_metrics,
     read_selection,
@@ -23,6 +24,14 @@ from medvit.run_dir import (
 )
 
 NAN = float("nan")
+
+
+def test_monitored_metric_is_the_configs_or_the_engines_default():
+    from medvit.train.config import TrainConfig
+
+    assert monitored_metric({"early_stopping": {"metric": "val_qwk", "patience": 3}}) == "val_qwk"
+    assert monitored_metric({"epochs": 3}) == TrainConfig().early_stopping.metric == "val_balanced_accuracy"
+    assert monitored_metric({"early_stopping": None}) == "val_balanced_accuracy"
 
 
 def test_kept_epoch_is_the_first_improvement():

@@ -17,7 +17,8 @@ from medvit.demo.catalog import discover_runs
 from medvit.report import format_estimate, read_summary, summary_estimate
 from medvit.reporting.card import clinical_card
 from medvit.run_dir import (
-    kept_epoch, read_config, read_metrics, read_model_info, read_selection, split_sizes, training_seconds,
+    kept_epoch, monitored_metric, read_config, read_metrics, read_model_info, read_selection, split_sizes,
+    training_seconds,
 )
 
 __all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
@@ -170,9 +171,8 @@ def _describe_epochs(config: Mapping[str, Any], history: Sequence[Mapping[str, f
     if not history:
         return str(planned)
     ran = len(history)
-    metric = (config.get("early_stopping") or {}).get("metric", "val_loss")
     try:
-        kept = f", kept epoch {kept_epoch(history, metric) + 1}"
+        kept = f", kept epoch {kept_epoch(history, monitored_metric(config)) + 1}"
     except KeyError:
         kept = ""
     return (f"{ran} of {planned}" if planned and int(planned) != ran else str(ran)) + kept

@@ -31,6 +31,7 @@ from medvit.run_dir import (
     atomic_write_text,
     export_run,
     kept_epoch,
+    monitored_metric,
     predictions_filename,
     read_config,
     read_metrics,
@@ -43,8 +44,6 @@ __all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_c
 _PATH_KEYS = ("manifest", "root", "pretrained")
 
 _logger = logging.getLogger(__name__)
-
-_DEFAULT_MONITOR = "val_loss"  # EarlyStoppingConfig.metric's default
 
 
 def _describe_how(config: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> str:
@@ -99,8 +98,7 @@ def validation_score(
         choices = ", ".join(c[len("val_"):] for c in history[0] if c.startswith("val_"))
         raise KeyError(f"{run / METRICS_CSV}: no column {column!r}; choose --metric from {choices}")
     config = read_config(run) if config is None else config
-    monitor = (config.get("early_stopping") or {}).get("metric", _DEFAULT_MONITOR)
-    kept = kept_epoch(history, monitor)
+    kept = kept_epoch(history, monitored_metric(config))
     return float(history[kept].get(column, float("nan"))), kept + 1
 
 
