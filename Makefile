@@ -54,6 +54,13 @@ DEMO_OUT ?= app/demo_models
 DEMO_SET ?=
 DEMO_MEDVIT := $(VENV)/bin/medvit
 
+# $(1) pretrain config stem, $(2) run name under runs/pretrain, $(3) teacher run under $(DEMO_RUNS), $(4) pool folder
+define demo_pretrain_from_run
+	rm -rf runs/pretrain/$(2)
+	$(DEMO_MEDVIT) pretrain --config experiments/configs/$(1).yaml --out runs/pretrain/$(2) \
+		--set teacher=$(DEMO_RUNS)/$(3) --set data.0.root=$(POOLS)/$(4) $(DEMO_SET)
+endef
+
 # $(1) config stem, $(2) run name, $(3) pool folder, $(4) extra options
 define demo_train
 	rm -rf $(DEMO_RUNS)/$(2)
@@ -79,30 +86,20 @@ demo-models: $(STAMP)
 	$(call demo_train,demo_busi_acc_vit_nano,busi_acc_vit_nano,busi_256,)
 	$(call demo_train,demo_busi_acc_vit_nano_longer,busi_acc_vit_nano_longer,busi_256,\
 		--set pretrained=$(DEMO_RUNS)/busi_acc_vit_nano/best.safetensors)
-	rm -rf runs/pretrain/vvt_tiny_busi runs/pretrain/acc_vit_nano_busi
-	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_tiny_busi.yaml --out runs/pretrain/vvt_tiny_busi \
-		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
+	$(call demo_pretrain_from_run,pretrain_vvt_tiny_busi,vvt_tiny_busi,busi_lite0,busi_256)
 	$(call demo_train,demo_busi_vvt_tiny_teacher,busi_vvt_tiny_teacher,busi_256,)
-	rm -rf runs/pretrain/vvt_tiny_busi_long
-	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_tiny_busi_long.yaml --out runs/pretrain/vvt_tiny_busi_long \
-		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
+	$(call demo_pretrain_from_run,pretrain_vvt_tiny_busi_long,vvt_tiny_busi_long,busi_lite0,busi_256)
 	$(call demo_train,demo_busi_vvt_tiny_teacher_long,busi_vvt_tiny_teacher_long,busi_256,)
-	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_acc_vit_nano_busi.yaml --out runs/pretrain/acc_vit_nano_busi \
-		--set teacher=$(DEMO_RUNS)/busi_lite0 --set data.0.root=$(POOLS)/busi_256 $(DEMO_SET)
+	$(call demo_pretrain_from_run,pretrain_acc_vit_nano_busi,acc_vit_nano_busi,busi_lite0,busi_256)
 	$(call demo_train,demo_busi_acc_vit_nano_teacher,busi_acc_vit_nano_teacher,busi_256,)
 	$(call demo_train,demo_ham10000_vvt_nano,ham10000_vvt_nano,ham10000_200x150,)
 	$(call demo_train,demo_ham10000_vvt_nano_balanced,ham10000_vvt_nano_balanced,ham10000_200x150,\
 		--set pretrained=$(DEMO_RUNS)/ham10000_vvt_nano/best.safetensors)
-	rm -rf runs/pretrain/vvt_nano_eyepacs
-	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_nano_eyepacs.yaml --out runs/pretrain/vvt_nano_eyepacs \
-		--set teacher=$(DEMO_RUNS)/eyepacs_lite0 --set data.0.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
+	$(call demo_pretrain_from_run,pretrain_vvt_nano_eyepacs,vvt_nano_eyepacs,eyepacs_lite0,eyepacs_256)
 	$(call demo_train,demo_eyepacs_vvt_nano,eyepacs_vvt_nano,eyepacs_256,)
 	$(call demo_train,demo_eyepacs_vvt_nano_gentle,eyepacs_vvt_nano_gentle,eyepacs_256,)
 	$(call demo_train,demo_eyepacs_vvt_nano_ordinal,eyepacs_vvt_nano_ordinal,eyepacs_256,)
-	rm -rf runs/pretrain/vvt_nano_eyepacs_ordinal
-	$(DEMO_MEDVIT) pretrain --config experiments/configs/pretrain_vvt_nano_eyepacs_ordinal.yaml \
-		--out runs/pretrain/vvt_nano_eyepacs_ordinal --set teacher=$(DEMO_RUNS)/eyepacs_lite0_ordinal \
-		--set data.0.root=$(POOLS)/eyepacs_256 $(DEMO_SET)
+	$(call demo_pretrain_from_run,pretrain_vvt_nano_eyepacs_ordinal,vvt_nano_eyepacs_ordinal,eyepacs_lite0_ordinal,eyepacs_256)
 	$(call demo_train,demo_eyepacs_vvt_nano_ordinal_teacher,eyepacs_vvt_nano_ordinal_teacher,eyepacs_256,)
 	$(call demo_train,demo_busi_vvt_nano_scratch,busi_vvt_nano_scratch,busi_256,)
 	$(call demo_train,demo_busi_vvt_nano_pretrained,busi_vvt_nano_pretrained,busi_256,)

@@ -7,6 +7,8 @@ hours into a regeneration. These checks read the files only: nothing is trained.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,21 @@ def _is_pretrain(path: Path) -> bool:
     return path.name.startswith("pretrain_")
 
 
-def _demo_models_recipe() -> list[str]:
-    """The commands of the Makefile's demo-models target, continuation lines joined, in order."""
-    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    recipe = text.split("\ndemo-models:", 1)[1].split("\n# ----", 1)[0]
-    return [line.strip() for line in recipe.splitlines()[1:] if line.startswith("\t")]
+def _demo_models_steps() -> list[tuple[str, str, str, dict[str, str]]]:
+    """(train|pretrain, config stem, --out, --set overrides) of every step `make -n demo-models` prints, in order."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    printed = subprocess.run(
+        ["make", "-n", "demo-models", "POOLS=pools", "DEMO_RUNS=runs/demo_models", "DEMO_SET="],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    steps = []
+    for line in printed.replace("\\\n", " ").splitlines():
+        step = re.search(r"medvit (train|pretrain) --config experiments/configs/(\w+)\.yaml\s+--out\s+(\S+)", line)
+        if step:
+            steps.append((*step.groups(), dict(re.findall(r"--set (\S+?)=(\S+)", line))))
+    assert steps, "`make -n demo-models` printed no `medvit train` / `medvit pretrain` step"
+    return steps
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -46,8 +58,7 @@ def test_config_loads_and_names_a_known_model(path: Path) -> None:
 
 
 def test_every_embedded_demo_config_is_in_make_demo_models() -> None:
-    recipe = "\n".join(_demo_models_recipe())
-    used = set(re.findall(r"demo_train,(demo_\w+),", recipe)) | set(re.findall(r"configs/(pretrain_\w+)\.yaml", recipe))
+    used = {stem for _, stem, _, _ in _demo_models_steps()}
     for name in used:
         assert (REPO / "experiments" / "configs" / f"{name}.yaml").is_file(), f"the Makefile runs {name}.yaml, which is missing"
     for path in CONFIGS:
@@ -58,18 +69,12 @@ def test_every_embedded_demo_config_is_in_make_demo_models() -> None:
 def test_demo_models_trains_every_run_before_a_config_needs_it() -> None:
     """A config's `pretrained:` / `distill.teacher:` / pretrain `teacher:` run exists when its step runs."""
     made: set[str] = set()
-    for command in _demo_models_recipe():
-        train = re.search(r"demo_train,(\w+),(\w+),\w+,(.*)\)", command)
-        pretrain = re.search(r"pretrain --config experiments/configs/(\w+)\.yaml\s+--out\s+(\S+)", command)
-        if not (train or pretrain):
-            continue
-        stem, out = (train.group(1), f"runs/demo_models/{train.group(2)}") if train else (pretrain.group(1), pretrain.group(2))
+    for kind, stem, out, overrides in _demo_models_steps():
         data = yaml.safe_load((REPO / "experiments" / "configs" / f"{stem}.yaml").read_text())
-        overrides = dict(re.findall(r"--set (\S+?)=([^\s)]+)", command.replace("$(DEMO_RUNS)", "runs/demo_models")))
         needed = [
             overrides.get("pretrained", data.get("pretrained")),
             overrides.get("distill.teacher", (data.get("distill") or {}).get("teacher")),
-            overrides.get("teacher", data.get("teacher")) if pretrain else None,
+            overrides.get("teacher", data.get("teacher")) if kind == "pretrain" else None,
         ]
         for value in needed:
             if isinstance(value, str) and value.startswith("runs/"):

@@ -143,12 +143,10 @@ def _file_description(text: str, path: Path) -> str:
     if info is None or "class_names" not in info:
         return f"in {text}"
     earlier = info.get("pretrained_description")
-    if info.get("pretrained") and earlier:
-        started = f" (started from weights {earlier})"
-    elif not info.get("pretrained"):
+    if not info.get("pretrained"):
         started = " (trained from random initialisation)"
     else:
-        started = ""
+        started = f" (started from weights {earlier})" if earlier else ""
     return f"of the medvit run {path.parent.name}{started}"
 
 
