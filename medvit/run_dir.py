@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 __all__ = [
+    "TIMING_COLUMNS",
     "Run",
     "load_run",
     "read_model_info",
@@ -68,6 +69,8 @@ BEST_WEIGHTS = "best.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last_state.pt"
 METRICS_CSV = "metrics.csv"
+#: ``metrics.csv`` columns that measure wall-clock time (they differ between two identical runs).
+TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s", "images_per_s", "data_wait_s", "compile_s")
 PREDICTIONS_CSV = "predictions.csv"
 TRAIN_LOG = "train.log"
 SELECTION_JSON = "selection.json"

@@ -46,7 +46,10 @@ def test_values_of_the_annotated_type_are_accepted(override, expected):
         ("epochs=null", "config key 'epochs': expected an integer, got None"),
         ("lr=fast", "config key 'lr': expected a number, got 'fast'"),
         ("lr=.inf", "config key 'lr': expected a number, got inf"),
-        ("amp=1", "config key 'amp': expected true/false, got 1"),
+        ("compile=1", "config key 'compile': expected true/false, got 1"),
+        ("amp=1", "config key 'amp': expected true/false, got 1; it is retired, use precision: auto|fp32|bf16"),
+        ("precision=fp16", "config key 'precision': got 'fp16'; allowed: auto, fp32, bf16"),
+        ("train_images_per_epoch=0", "config key 'train_images_per_epoch': 0 is out of range; allowed: [1, inf]"),
         ("model=3", "config key 'model': expected a string, got 3"),
         ("model_kwargs=[1]", "config key 'model_kwargs': expected a mapping, got [1]"),
         ("distill.teacher=5", "config key 'distill.teacher': expected a string or null, got 5"),
@@ -72,3 +75,13 @@ def test_image_size_is_checked_when_built_in_python_too():
     assert TrainConfig(image_size=(64, 80)).image_size == [64, 80]
     with pytest.raises(ValueError, match="config key 'image_size'"):
         TrainConfig(image_size=[64, -1])
+
+
+def test_retired_amp_key_reads_as_precision():
+    """Configs and run folders written before ``precision`` existed keep loading with the same meaning."""
+    assert load_config(None, ["amp=true"]).precision == "auto"
+    assert load_config(None, ["amp=false"]).precision == "fp32"
+    assert load_config(None, ["amp=false", "precision=fp32"]).precision == "fp32"
+    with pytest.raises(ValueError, match="'amp: false' and 'precision' disagree"):
+        load_config(None, ["amp=false", "precision=bf16"])
+    assert "amp" not in config_to_dict(load_config(None, ["amp=true"]))

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from medvit.train.config import EXPONENT_NUMBER, apply_overrides
+from medvit.train.config import EXPONENT_NUMBER, apply_overrides, translate_legacy_amp
 
 __all__ = ["TEACHERS", "PretrainConfig", "DataSource", "load_pretrain_config", "pretrain_config_from_dict", "pretrain_config_to_dict"]
 
@@ -70,7 +70,9 @@ class PretrainConfig:
         kl_weight: weight of the KL term on the teacher's logits (1000 ImageNet classes, or a run's classes) (0.25: with T = 2 a fresh
             student's KL is about 19, so the weighted KL, about 5, is about half the four stage losses, about 8).
         temperature: softmax temperature of the KL term (scaled by ``T**2``).
-        amp: bf16 autocast on CUDA (always fp32 on CPU).
+        precision: ``auto``, ``fp32`` or ``bf16`` for the training step, as in ``medvit train``
+            (:mod:`medvit.train.acceleration`); older configs' ``amp: false`` reads as ``fp32``.
+        compile: compile the student with ``torch.compile`` (eager fallback), as in ``medvit train``.
         seed: seed of init, subset, order and augmentation.
         num_workers: data-loader worker processes.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -95,7 +97,8 @@ class PretrainConfig:
     stage_weights: list = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     kl_weight: float = field(default=0.25, metadata=_range(0.0, None))
     temperature: float = field(default=2.0, metadata=_range(0.0, None, low_open=True))
-    amp: bool = True
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
+    compile: bool = False
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     num_workers: int = field(default=0, metadata=_range(0, 256))
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
@@ -203,6 +206,7 @@ def pretrain_config_from_dict(data: Mapping[str, Any]) -> PretrainConfig:
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"a pretrain config is a mapping of keys, got {data!r}")
+    data = translate_legacy_amp(data)
     fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
     hints = typing.get_type_hints(PretrainConfig)
     for name in data:

@@ -38,6 +38,7 @@ from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
 from medvit.pretrain.losses import PretrainLoss
 from medvit.pretrain.teacher import TeacherSource, load_teacher
 from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, MODEL_JSON, atomic_write_text, load_run_weights, save_run_weights
+from medvit.train.acceleration import TrainStep, resolve_precision, train_autocast
 from medvit.train.checkpoint import commit_checkpoint, recover_checkpoint, rng_state, seed_epoch, set_rng_state
 from medvit.train.distributed import DistContext
 from medvit.train.sampling import build_loader
@@ -102,14 +103,9 @@ def _write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _model_json(
-    cfg: PretrainConfig, student_kwargs: dict, teacher: TeacherSource, pool: Any, mean: Sequence[float], std: Sequence[float]
+    cfg: PretrainConfig, student_kwargs: dict, teacher: TeacherSource, pool: Any, mean: Sequence[float],
+    std: Sequence[float], precision: str,
 ) -> dict[str, Any]:
     return {
         "kind": PRETRAIN_KIND,
@@ -134,6 +130,8 @@ def _model_json(
         },
         "weights": PRETRAIN_WEIGHTS,
         "seed": cfg.seed,
+        "precision": precision,
+        "compile": cfg.compile,
         "torch": torch.__version__,
     }
 
@@ -208,6 +206,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         t_in_epochs=False,
     )
     start_epoch, global_step, history = 0, 0, []
+    precision = resolve_precision(cfg.precision, device)
     if resume and not (out / LAST_STATE).is_file():
         _logger.info("%s: no epoch was committed before the interruption; starting at epoch 1", out)
         resume = False
@@ -224,7 +223,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
     else:
         atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(pretrain_config_to_dict(cfg), sort_keys=False))
         atomic_write_text(
-            out / MODEL_JSON, json.dumps(_model_json(cfg, student_kwargs, teacher_source, pool, mean, std), indent=2)
+            out / MODEL_JSON, json.dumps(_model_json(cfg, student_kwargs, teacher_source, pool, mean, std, precision), indent=2)
         )
     _logger.info(
         "pretrain %s <- %s on %d images (%s), %dx%d, %d steps/epoch, %d epochs",
@@ -232,7 +231,8 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         steps_per_epoch, cfg.epochs,
     )
 
-    use_amp = cfg.amp and device.type == "cuda"
+    train_step = TrainStep(net, device, precision, cfg.compile)
+    _logger.info("training step: %s%s on %s", precision, ", compiled" if cfg.compile else "", device)
     interactive = sys.stderr.isatty()
     seen_paths: set[str] = set()
     for epoch in range(start_epoch, cfg.epochs):
@@ -242,21 +242,28 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         net.train()
         sums = {name: 0.0 for name in ("loss", *_PARTS)}
         seen = 0
+        compile_before = train_step.compile_s
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not interactive, dynamic_ncols=True)
         for step, batch in enumerate(bar):
             scheduler.step_update(global_step)
             images = batch["image"].to(device, non_blocking=True)
-            with _autocast(device, use_amp):
+            with train_autocast(device, precision):
                 teacher_logits, teacher_maps = teacher(images)
-                logits, maps = net(images, sizes=[m.shape[-2:] for m in teacher_maps])
-                loss, parts = criterion(logits, maps, teacher_logits, teacher_maps)
+            parts: dict[str, torch.Tensor] = {}
+
+            def loss_of(student_net: nn.Module) -> torch.Tensor:
+                logits, maps = student_net(images, sizes=[m.shape[-2:] for m in teacher_maps])
+                loss, step_parts = criterion(logits, maps, teacher_logits, teacher_maps)
+                parts.update(step_parts)
+                return loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(loss_of)  # forward and backward, in the run's precision, compiled or eager
             if not bool(torch.isfinite(loss)):
                 raise RuntimeError(
                     f"non-finite pretraining loss at epoch {epoch + 1}, step {step + 1}; the last good epoch is kept "
                     f"in {out}; lower lr or set grad_clip"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -280,6 +287,8 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         row["lr"] = float(max(g["lr"] for g in optimizer.param_groups))
         row["epoch_time_s"] = elapsed
         row["images_per_s"] = seen / max(elapsed, 1e-9)
+        row["compiled"] = float(train_step.compiled)
+        row["compile_s"] = train_step.compile_s - compile_before
         history.append(row)
         commit_checkpoint(out, net, {
             "epoch": epoch,

@@ -27,6 +27,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "apply_overrides",
+    "translate_legacy_amp",
     "config_to_dict",
     "MODES",
     "CLASS_WEIGHTINGS",
@@ -131,7 +132,13 @@ class TrainConfig:
             (Cui et al. 2019, ``(1 - beta) / (1 - beta^n_c)``) cross-entropy class weights.
         class_weight_beta: ``beta`` of the effective-number weighting.
         balanced_sampler: draw training images with probability inverse to their class frequency.
-        amp: bf16 autocast on CUDA (always fp32 on CPU).
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere), ``fp32`` or
+            ``bf16`` for the training step (:mod:`medvit.train.acceleration`); the resolved value is
+            recorded in ``model.json``. Older configs' ``amp: false`` reads as ``precision: fp32``.
+        compile: compile the model with ``torch.compile`` for training (falls back to eager when
+            compilation fails; ``compile_s`` in ``metrics.csv`` is the time it took).
+        train_images_per_epoch: draw this many training images per epoch (a fresh random subset, or
+            class-balanced draws with ``balanced_sampler``) instead of the whole split; ``null``: all.
         grad_clip: clip the global gradient norm to this value; ``null`` disables clipping.
         seed: seed of weights init, data order and augmentation (a function of seed and epoch).
         early_stopping: see :class:`EarlyStoppingConfig`.
@@ -167,7 +174,9 @@ class TrainConfig:
     class_weighting: str = field(default="none", metadata=_choices(*CLASS_WEIGHTINGS))
     class_weight_beta: float = field(default=0.999, metadata=_range(0.0, 1.0))
     balanced_sampler: bool = False
-    amp: bool = True
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16"))
+    compile: bool = False
+    train_images_per_epoch: int | None = field(default=None, metadata=_range(1, None))
     grad_clip: float | None = field(default=1.0, metadata=_range(0.0, None, low_open=True))
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -336,13 +345,36 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def translate_legacy_amp(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config mapping with the retired ``amp`` key read as ``precision`` (``amp: false`` = ``fp32``).
+
+    Run folders and configs written before ``precision`` existed keep loading.
+
+    Raises:
+        ValueError: ``amp`` is not a boolean, or ``amp: false`` contradicts an explicit ``precision: bf16``.
+    """
+    data = dict(data)
+    if "amp" not in data:
+        return data
+    amp = data.pop("amp")
+    if not isinstance(amp, bool):
+        raise ValueError(f"config key 'amp': expected true/false, got {amp!r}; it is retired, use precision: auto|fp32|bf16")
+    if not amp:
+        if data.get("precision", "fp32") != "fp32":
+            raise ValueError("config keys 'amp: false' and 'precision' disagree; drop amp (retired) and keep precision")
+        data["precision"] = "fp32"
+    return data
+
+
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a (possibly nested) mapping.
 
     Raises:
         ValueError: an unknown key or an invalid value, naming the key and what is allowed.
     """
-    return _build(TrainConfig, data)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a training config is a mapping of keys, got {data!r}")
+    return _build(TrainConfig, translate_legacy_amp(data))
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -52,11 +52,12 @@ from medvit.train.checkpoint import (
     set_rng_state,
     try_recover_checkpoint,
 )
+from medvit.train.acceleration import TrainStep, inference_amp, resolve_precision
 from medvit.train.config import TrainConfig, config_from_dict
 from medvit.train.distributed import DistContext
 from medvit.train.evaluate import evaluate_run
 from medvit.train.freeze import apply_mode, frozen_roots, set_train_mode
-from medvit.train.predict import Predictions, autocast, predict, write_predictions
+from medvit.train.predict import Predictions, predict, write_predictions
 from medvit.train.run_files import dataset_description, holds_results, write_run_files
 from medvit.train.sampling import SplitData, build_loader, load_split
 from medvit.train.state import TrainState
@@ -254,7 +255,7 @@ class _Trainer:
         self.optimizer = create_optimizer_v2(
             self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
         )
-        steps_per_epoch = len(self._loader(self.train_data, epoch=0, train=True, num_workers=0))
+        steps_per_epoch = len(self._loader(self.train_data, epoch=0, train=True, num_workers=0, weights=self.sample_weights))
         self.scheduler = CosineLRScheduler(  # timm applies each group's layer-decay "lr_scale"
             self.optimizer,
             t_initial=max(1, cfg.epochs * steps_per_epoch),
@@ -263,12 +264,15 @@ class _Trainer:
             warmup_lr_init=min(cfg.min_lr, cfg.lr),
             t_in_epochs=False,
         )
-        self.use_amp = cfg.amp and ctx.device.type == "cuda"  # bf16 autocast: no loss scaling needed
+        self.precision = resolve_precision(cfg.precision, ctx.device)  # bf16 autocast: no loss scaling needed
+        self.use_amp = inference_amp(ctx.device, self.precision)
         self.net: nn.Module = self.model
         if ctx.is_distributed:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
+        self.step = TrainStep(self.net, ctx.device, self.precision, cfg.compile)
+        self.log("training step: %s%s on %s", self.precision, ", compiled" if cfg.compile else "", ctx.device)
         self.interactive = ctx.is_main and sys.stderr.isatty()
 
     def _criterion(self, weights: torch.Tensor | None) -> nn.Module:
@@ -285,6 +289,7 @@ class _Trainer:
             dataset=split.dataset, collate_fn=split.collate_fn, batch_size=self.per_rank_batch, ctx=self.ctx,
             seed=self.cfg.seed, epoch=epoch, train=train,
             num_workers=self.cfg.num_workers if num_workers is None else num_workers, weights=weights,
+            epoch_size=self.cfg.train_images_per_epoch if train else None,
         )
 
     # -- resume ---------------------------------------------------------------------------------
@@ -321,7 +326,7 @@ class _Trainer:
         cfg = self.cfg
         state = self._restore() if resume else TrainState()
         if state.epoch < 0 and self.ctx.is_main:
-            write_run_files(cfg, self.out, self.data, self.model_kwargs, self.mean, self.std)
+            write_run_files(cfg, self.out, self.data, self.model_kwargs, self.mean, self.std, self.precision)
         stopped_early = False
         epochs_bar = tqdm(
             range(state.next_epoch, cfg.epochs), desc="epochs", initial=state.next_epoch, total=cfg.epochs,
@@ -331,12 +336,16 @@ class _Trainer:
             if state.finished:
                 break
             t0 = time.perf_counter()
-            train_loss, seen, train_time = self._train_epoch(epoch, state)
+            compile_before = self.step.compile_s
+            train_loss, seen, train_time, data_wait = self._train_epoch(epoch, state)
             row: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss}
             row.update(self._validate(epoch))
             row["lr"] = float(max(g["lr"] for g in self.optimizer.param_groups))
             row["epoch_time_s"] = time.perf_counter() - t0
             row["train_images_per_s"] = seen / max(train_time, 1e-9)
+            row["data_wait_s"] = data_wait  # time the step waited for the loader (the rest of train time is the model)
+            row["compiled"] = float(self.step.compiled)
+            row["compile_s"] = self.step.compile_s - compile_before
             monitor = cfg.early_stopping.metric
             if monitor not in row:
                 raise ValueError(
@@ -374,8 +383,8 @@ class _Trainer:
         )
         commit_checkpoint(self.out, self.model, payload)
 
-    def _train_epoch(self, epoch: int, state: TrainState) -> tuple[float, int, float]:
-        """One pass over the training split; returns (mean loss, images, seconds)."""
+    def _train_epoch(self, epoch: int, state: TrainState) -> tuple[float, int, float, float]:
+        """One pass over the training split; returns (mean loss, images, seconds, seconds waiting for data)."""
         cfg, ctx = self.cfg, self.ctx
         t0 = time.perf_counter()
         seed_epoch(cfg.seed, epoch, ctx.rank)
@@ -383,24 +392,28 @@ class _Trainer:
         set_train_mode(self.net, self.frozen_parts)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         seen = 0
+        data_wait = 0.0
         batches = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.interactive, dynamic_ncols=True)
+        waiting = time.perf_counter()
         for step, batch in enumerate(batches):
+            data_wait += time.perf_counter() - waiting
             self.scheduler.step_update(state.global_step)
             images = batch["image"].to(ctx.device, non_blocking=True)
             labels = torch.as_tensor(batch["label"]).long().to(ctx.device, non_blocking=True)
-            with autocast(ctx.device, self.use_amp):
-                logits = self.net(images)
+
+            def loss_of(net: nn.Module) -> torch.Tensor:
+                logits = net(images)
                 if self.distill is not None:
-                    loss = self.distill(images, logits, labels)
-                else:
-                    loss = self.criterion(logits.float(), labels)
+                    return self.distill(images, logits, labels)
+                return self.criterion(logits.float(), labels)
+
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.step(loss_of)  # forward and backward, in the run's precision, compiled or eager
             if ctx.any_true(not bool(torch.isfinite(loss))):
                 raise NonFiniteLossError(
                     f"non-finite training loss at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
                     f"checkpoint (epoch {epoch}) is kept in {self.out}; lower lr, set grad_clip or check the data"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
             self.optimizer.step()
@@ -410,11 +423,12 @@ class _Trainer:
             if self.interactive:
                 rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
                 batches.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
+            waiting = time.perf_counter()
         if ctx.is_distributed:
             totals = torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=ctx.device)])
             dist.all_reduce(totals)
             loss_sum, seen = totals[0], int(totals[1].item())
-        return float(loss_sum.item() / max(seen, 1)), seen, time.perf_counter() - t0
+        return float(loss_sum.item() / max(seen, 1)), seen, time.perf_counter() - t0, data_wait
 
     def _validate(self, epoch: int) -> dict[str, float]:
         """Validation loss and metrics (``val_*``) of the current weights."""

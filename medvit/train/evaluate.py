@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from medvit.run_dir import load_run, predictions_filename
+from medvit.train.acceleration import inference_amp, resolve_precision
+from medvit.train.config import translate_legacy_amp
 from medvit.train.distributed import DistContext
 from medvit.train.predict import predict, write_predictions
 from medvit.train.sampling import build_loader, load_split
@@ -55,7 +57,8 @@ def evaluate_run(
             dataset=data.dataset, collate_fn=data.collate_fn, batch_size=batch_size or int(run.config.get("batch_size", 32)),
             ctx=ctx, seed=0, epoch=0, train=False, num_workers=int(run.config.get("num_workers", 0)),
         )
-        preds = predict(run.model, loader, ctx, amp=bool(run.config.get("amp", False)), progress=sys.stderr.isatty())
+        precision = resolve_precision(translate_legacy_amp(run.config).get("precision", "auto"), ctx.device)
+        preds = predict(run.model, loader, ctx, amp=inference_amp(ctx.device, precision), progress=sys.stderr.isatty())
         path = Path(out) if out else run_dir / predictions_filename(split)
         if ctx.is_main:
             write_predictions(path, preds, data.records, run.class_names, root, split, info=run.info)

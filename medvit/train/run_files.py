@@ -75,9 +75,10 @@ def _teacher_record(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def write_run_files(
-    cfg: TrainConfig, out: Path, data: dict[str, Any], model_kwargs: dict[str, Any], mean: Sequence[float], std: Sequence[float]
+    cfg: TrainConfig, out: Path, data: dict[str, Any], model_kwargs: dict[str, Any], mean: Sequence[float],
+    std: Sequence[float], precision: str,
 ) -> None:
-    """``config.yaml`` and ``model.json`` at the start of a run."""
+    """``config.yaml`` and ``model.json`` at the start of a run (``precision``: the resolved training precision)."""
     from medvit.data.manifest import manifest_hash
 
     atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -105,6 +106,8 @@ def write_run_files(
         **_pretrained_record(cfg),
         **_teacher_record(cfg),
         "seed": cfg.seed,
+        "precision": precision,
+        "compile": cfg.compile,
         "torch": torch.__version__,
     }
     atomic_write_text(out / MODEL_JSON, json.dumps(info, indent=2))

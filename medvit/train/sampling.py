@@ -43,6 +43,8 @@ class EpochSampler(DistributedSampler):
         shuffle: random order (training) or sequential (evaluation).
         seed: base seed.
         weights: (N,) per-sample weights for sampling with replacement (balanced sampler).
+        epoch_size: images per epoch (``None``: N): a seeded random subset of that size, or that many
+            weighted draws.
     """
 
     def __init__(
@@ -53,9 +55,18 @@ class EpochSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         weights: torch.Tensor | None = None,
+        epoch_size: int | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        if epoch_size is None or not shuffle:
+            self.epoch_size = len(dataset)
+        elif self.weights is None:
+            self.epoch_size = min(int(epoch_size), len(dataset))  # a subset without replacement
+        else:
+            self.epoch_size = int(epoch_size)  # draws with replacement
+        self.num_samples = math.ceil(self.epoch_size / num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def global_order(self) -> list[int]:
         """All ranks' indices of this epoch (before padding)."""
@@ -65,8 +76,8 @@ class EpochSampler(DistributedSampler):
         g = torch.Generator()
         g.manual_seed(mix_seed(self.seed, self.epoch))
         if self.weights is not None:
-            return torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
-        return torch.randperm(n, generator=g).tolist()
+            return torch.multinomial(self.weights, self.epoch_size, replacement=True, generator=g).tolist()
+        return torch.randperm(n, generator=g)[:self.epoch_size].tolist()
 
     def __iter__(self) -> Iterator[int]:
         indices = self.global_order()
@@ -130,10 +141,13 @@ def build_loader(
     train: bool,
     num_workers: int,
     weights: torch.Tensor | None = None,
+    epoch_size: int | None = None,
 ) -> DataLoader:
-    """A loader whose order and augmentation are functions of ``(seed, epoch)``."""
+    """A loader whose order and augmentation are functions of ``(seed, epoch)`` (``epoch_size``: see
+    :class:`EpochSampler`)."""
     sampler = EpochSampler(
-        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=train, seed=seed, weights=weights
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=train, seed=seed, weights=weights,
+        epoch_size=epoch_size,
     )
     sampler.set_epoch(epoch)
     per_rank = sampler.num_samples
