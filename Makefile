@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medvit-installed
 
-.PHONY: demo test venv demo-models bench clean
+.PHONY: demo test test-fast venv demo-models bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,14 +21,18 @@ PORT ?=
 demo: $(STAMP)
 	$(VENV)/bin/medvit demo $(if $(PORT),--port $(PORT))
 
+# make test: the whole suite (what CI runs); make test-fast: without the tests marked slow, for the edit loop
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
 
 # ---- demo-models (owner: app) -------------------------------------------------------------------------
-# `make demo-models` regenerates the embedded demo models in app/demo_models/ from the development pools
+# `make demo-models` regenerates the embedded demo models in medvit/assets/demo_models/ from the development pools
 # ($(POOLS), see its README) and the committed configs experiments/configs/{demo_*,pretrain_*}.yaml:
 #   * ImageNet tf_efficientnet_lite0 (bundled weights), all layers fine-tuned per dataset (busi, ham10000, eyepacs;
 #     for eyepacs also with SORD soft ordinal labels, the better on validation QWK kept);
@@ -50,7 +54,7 @@ clean:
 # Runs are written to $(DEMO_RUNS) (git-ignored). On a GPU: make demo-models DEMO_SET='--set device=cuda'.
 POOLS ?= ../shared/datasets/pools
 DEMO_RUNS ?= runs/demo_models
-DEMO_OUT ?= app/demo_models
+DEMO_OUT ?= medvit/assets/demo_models
 DEMO_SET ?=
 DEMO_MEDVIT := $(VENV)/bin/medvit
 

@@ -1,6 +1,6 @@
 """Which pyramid stage's map to trust: per-stage localisation, faithfulness and sanity of the BUSI demo models.
 
-For every embedded BUSI model (``app/demo_models/busi_*``, whatever is embedded when this runs) and the
+For every embedded BUSI model (``medvit/assets/demo_models/busi_*``, whatever is embedded when this runs) and the
 test split of ``data_manifests/busi_pool.csv`` (images with a lesion mask: benign and malignant), one
 call of :func:`medvit.explain.split.score_split` (the pipeline of ``medvit explain``) gives per stage:
 pointing game and energy inside the mask, ROAD (pytorch-grad-cam, percentiles 20/50/80), deletion and
@@ -16,7 +16,7 @@ says which).
 
 Usage::
 
-    .venv/bin/python experiments/stage_trust.py [--max-images 20 --seed 0] [--runs app/demo_models/busi_lite0 ...]
+    .venv/bin/python experiments/stage_trust.py [--max-images 20 --seed 0] [--runs medvit/assets/demo_models/busi_lite0 ...]
     .venv/bin/python experiments/stage_trust.py --from-csv results.csv ...   # re-render saved tables
 """
 
@@ -33,6 +33,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from medvit.assets import demo_models_dir
 from medvit.explain.faithfulness import FaithfulnessConfig
 from medvit.explain.sanity import SANITY_MAX_SPEARMAN
 from medvit.explain.split import score_split
@@ -123,7 +124,7 @@ def write_between_markers(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", type=Path, help="run directories (default: app/demo_models/busi_*)")
+    parser.add_argument("--runs", nargs="+", type=Path, help="run directories (default: medvit/assets/demo_models/busi_*)")
     parser.add_argument("--manifest", type=Path, default=REPO / "data_manifests" / "busi_pool.csv")
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "datasets" / "pools" / "busi_256")
     parser.add_argument("--split", default="test")
@@ -138,9 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    runs = args.runs or sorted((REPO / "app" / "demo_models").glob("busi_*"))
+    runs = args.runs or sorted(demo_models_dir().glob("busi_*"))
     if not runs:
-        print("stage_trust: no BUSI run directory found (app/demo_models/busi_*); pass --runs", file=sys.stderr)
+        print("stage_trust: no BUSI run directory found (medvit/assets/demo_models/busi_*); pass --runs", file=sys.stderr)
         return 1
     max_images = args.max_images or None
     args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """``medvit <command>``: a thin argparse layer over the library.
 
 Each sub-command lives in ``medvit/commands/<area>.py`` and calls one library function; this module
-only builds the parser, sets up logging and turns known errors into a message and an exit code.
+only builds the parser, sets up logging and turns errors into exit code 1: the user's errors
+(:data:`medvit.errors.USER_ERRORS`) print one line, any other exception (a bug) one line naming its type with a
+hint; ``-v`` shows the traceback of both.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Sequence
 
 from medvit import __version__
 from medvit.commands import COMMAND_MODULES
+from medvit.errors import USER_ERRORS
 
 _logger = logging.getLogger("medvit")
 
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning with pyramid vision transformers for medical imaging.",
     )
     parser.add_argument("--version", action="version", version=f"medvit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of any error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"medvit.commands.{name}")
@@ -47,9 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, KeyError, OSError, RuntimeError) as error:  # OSError: FileNotFoundError, read-only --out, ...
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"medvit {args.command}: error: {message}", file=sys.stderr)
+    except Exception as error:
+        if args.verbose:
+            raise  # -v: the traceback, for the user's errors too
+        if isinstance(error, USER_ERRORS):
+            print(f"medvit {args.command}: error: {error}", file=sys.stderr)
+        else:
+            print(
+                f"medvit {args.command}: internal error: {type(error).__name__}: {error} "
+                f"(a bug; `medvit -v {args.command} ...` shows the traceback)",
+                file=sys.stderr,
+            )
         return 1
     return int(result or 0)
 

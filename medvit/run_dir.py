@@ -27,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from medvit.errors import UnknownNameError
+
 __all__ = [
     "TIMING_COLUMNS",
     "Run",
@@ -287,7 +289,7 @@ def kept_epoch(history: Sequence[Mapping[str, float]], metric: str = "val_loss")
     if not history:
         raise ValueError("the training history (metrics.csv) has no epochs; train the run first")
     if not any(metric in row for row in history):
-        raise KeyError(f"no column {metric!r} in metrics.csv; logged: {', '.join(history[0])}")
+        raise UnknownNameError(f"no column {metric!r} in metrics.csv; logged: {', '.join(history[0])}")
     monitor = EarlyStoppingConfig(metric=metric)
     best, kept = None, len(history) - 1
     for index, row in enumerate(history):

@@ -8,6 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from timm.models import checkpoint_seq
 
 from medvit.models.acc_vit import (
     AccVit,
@@ -180,19 +181,35 @@ def test_pyramid_contract(size: tuple) -> None:
     assert model.get_classifier().out_features == 5 and model(x).shape == (2, 5)
 
 
-def test_grad_checkpointing_matches_plain_forward() -> None:
-    model = _tiny_model(num_classes=3).eval()
-    x = torch.randn(1, 3, 64, 64)
-    expected = model(x)
-    model.set_grad_checkpointing(True)
-    model.train()
-    for module in model.modules():  # keep BatchNorm in eval mode so both passes normalise alike
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
-    logits = model(x)
-    logits.sum().backward()
-    torch.testing.assert_close(logits, expected)
-    assert model.stem.conv1.weight.grad is not None
+def test_grad_checkpointing_matches_plain_forward_and_backward(monkeypatch) -> None:
+    import medvit.models.acc_vit as acc_vit
+
+    calls = []
+    monkeypatch.setattr(acc_vit, "checkpoint_seq", lambda *a, **k: calls.append(1) or checkpoint_seq(*a, **k))
+    torch.manual_seed(0)
+    model = _tiny_model(num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+
+    def logits_and_grads(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.set_grad_checkpointing(checkpointing)
+        model.train()
+        for module in model.modules():  # keep BatchNorm in eval mode so both passes normalise alike
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        (logits * torch.arange(1.0, 4.0)).sum().backward()  # unequal class weights: a non-trivial gradient
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected_logits, expected = logits_and_grads(False)
+    assert not calls
+    logits, grads = logits_and_grads(True)
+    assert len(calls) == 4  # every stage ran through the checkpoint
+    torch.testing.assert_close(logits, expected_logits)
+    assert grads.keys() == expected.keys() == {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(grad.abs().sum() > 0 for grad in grads.values())
 
 
 @pytest.mark.parametrize("train", [False, True])

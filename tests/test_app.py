@@ -1,7 +1,7 @@
 """The demo: ``medvit.demo`` (what the page computes) and the Streamlit page itself (``AppTest``).
 
-Everything runs on the embedded default models in ``app/demo_models/`` and the bundled samples in
-``app/samples/``; CPU-only and offline.
+Everything runs on the embedded default models in ``medvit/assets/demo_models/`` and the bundled samples in
+``medvit/assets/samples/``; CPU-only and offline.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from medvit import demo
+from medvit import assets, demo
 from medvit.data.images import ImageReadError, read_image
 
 REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "app" / "streamlit_app.py"
-EMBEDDED = REPO / "app" / "demo_models"
-SAMPLES = REPO / "app" / "samples"
+APP = demo.PAGE_SCRIPT
+EMBEDDED = assets.demo_models_dir()
+SAMPLES = assets.samples_dir()
 
 
 def _png(image: Image.Image) -> bytes:

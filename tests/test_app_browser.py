@@ -1,6 +1,6 @@
 """The demo page in a real browser: headless Debian Chromium driven by Playwright (no browser download).
 
-Starts ``streamlit run app/streamlit_app.py`` on a free local port (the same command line as
+Starts ``streamlit run medvit/demo/streamlit_app.py`` on a free local port (the same command line as
 ``medvit demo``), uploads a real image (a bundled BUSI sample), waits for the four stage overlays,
 saves a screenshot under the test's tmp dir and checks that the page shows no exception box.
 Skips only when ``/usr/bin/chromium`` is absent (``.ci/run`` installs it: ``apt-get install chromium``).
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from medvit import demo
+from medvit.assets import samples_dir
 from medvit.run_dir import read_model_info
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,7 +32,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SAMPLES = Path(__file__).resolve().parent.parent / "app" / "samples"
+SAMPLES = samples_dir()
 
 pytestmark = [
     pytest.mark.browser,

@@ -93,8 +93,10 @@ def test_temperature_keeps_nll_when_scaling_cannot_help():
 
 def test_temperature_one_is_bit_identical():
     _, probs = _overconfident(50, seed=3)
-    assert apply_temperature(probs, 1.0) is not None
     assert np.array_equal(apply_temperature(probs, 1.0), probs)
+    # softmax(log p / T) by hand: T = 2 takes square roots, 0.8 : 0.2 -> sqrt 0.8 : sqrt 0.2 = 2 : 1
+    assert np.allclose(apply_temperature(np.array([[0.8, 0.2]]), 2.0), [[2 / 3, 1 / 3]], rtol=0, atol=1e-12)
+    assert np.allclose(apply_temperature(np.array([[0.5, 0.25, 0.25]]), 0.5), [[2 / 3, 1 / 6, 1 / 6]], atol=1e-12)
     scaled = apply_temperature(probs, 2.0)
     assert np.allclose(scaled.sum(1), 1) and np.array_equal(scaled.argmax(1), probs.argmax(1))
     assert log_loss([0] * 50, scaled, labels=[0, 1, 2, 3]) != log_loss([0] * 50, probs, labels=[0, 1, 2, 3])

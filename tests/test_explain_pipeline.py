@@ -201,8 +201,9 @@ def test_split_scores_with_faithfulness_and_sanity(tiny_run, synthetic_busi, tmp
 def test_page_faithfulness_toggle(tmp_path) -> None:
     from streamlit.testing.v1 import AppTest
 
-    app = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
-    at = AppTest.from_file(str(app), default_timeout=300)
+    from medvit.demo.serve import PAGE_SCRIPT
+
+    at = AppTest.from_file(str(PAGE_SCRIPT), default_timeout=300)
     at.run()
     at.text_input(key="runs_dir").set_value(str(tmp_path / "runs")).run()
     assert not at.exception and not any("road_combined" in df.value.columns for df in at.dataframe)

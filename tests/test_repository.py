@@ -1,6 +1,6 @@
 """The committed tree: no absolute path of the machine it was written on (issue 13 §1).
 
-Checks every tracked text file outside ``app/demo_models/`` and ``app/samples/`` (their rules, stricter,
+Checks every tracked text file outside ``medvit/assets/demo_models/`` and ``medvit/assets/samples/`` (their rules, stricter,
 are in ``tests/test_shipped_assets.py``) for home and work folders, site-packages paths and the
 checkout's own location. Example paths in docs such as ``/tmp/tour`` or ``~/data`` are fine.
 """
@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:home|Users|root|work)/|(?<![\w])[A-Za-z]:[\\/]Users|/site-packages/")
-SKIP = ("app/demo_models/", "app/samples/", "tests/test_shipped_assets.py", "tests/test_repository.py")
+SKIP = ("medvit/assets/demo_models/", "medvit/assets/samples/", "tests/test_shipped_assets.py", "tests/test_repository.py")
 
 
 def _tracked_text_files() -> list[Path]:

@@ -80,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     entries = [e for e in demo.discover_runs(None) if e.is_embedded and (e.is_default or not args.only_default)]
     if not entries:
-        raise SystemExit("no embedded demo models in app/demo_models/; run `make demo-models` first")
+        raise SystemExit("no embedded demo models in medvit/assets/demo_models/; run `make demo-models` first")
     samples = demo.load_samples()
     rows = []
     for entry in entries:

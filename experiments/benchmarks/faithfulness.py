@@ -17,7 +17,7 @@ Writes ``results/faithfulness.csv``, ``results/faithfulness.md`` and, with ``--d
 
 Usage::
 
-    .venv/bin/python experiments/benchmarks/faithfulness.py [--runs app/demo_models/busi_*] [--repeats 2] \
+    .venv/bin/python experiments/benchmarks/faithfulness.py [--runs medvit/assets/demo_models/busi_*] [--repeats 2] \
         [--doc docs/explanations.md]
 """
 
@@ -35,6 +35,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from medvit.assets import demo_models_dir
 from medvit.data.images import read_image
 from medvit.data.transforms import preprocess_image
 from medvit.explain.faithfulness import FaithfulnessConfig, stage_faithfulness
@@ -124,7 +125,7 @@ def to_markdown(table: pd.DataFrame, repeats: int, image: str, load: tuple[float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", type=Path, default=sorted((REPO / "app" / "demo_models").glob("busi_*")))
+    parser.add_argument("--runs", nargs="+", type=Path, default=sorted(demo_models_dir().glob("busi_*")))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="BUSI raw folder")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="image path under --root")
     parser.add_argument("--repeats", type=int, default=2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medvit.assets import demo_models_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` and ``demo-export`` sub-commands."""
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "every candidate's validation and test scores in OUT/selection.json. Each run needs report/ (medvit report).",
     )
     export.add_argument("runs", nargs="+", type=Path, help="candidate run directories (each with report/)")
-    export.add_argument("--out", type=Path, required=True, help="target folder, e.g. app/demo_models/busi_lite0")
+    export.add_argument("--out", type=Path, required=True, help="target folder, e.g. medvit/assets/demo_models/busi_lite0")
     export.add_argument(
         "--metric",
         default="macro_f1",
@@ -56,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score every embedded model in FOLDER on its validation predictions (stored weights) and mark "
         "the best per dataset as the page's default in its selection.json.",
     )
-    defaults.add_argument("folder", type=Path, nargs="?", default=Path("app/demo_models"), help="embedded models")
+    defaults.add_argument(
+        "folder", type=Path, nargs="?", default=None, help="embedded models (default: medvit/assets/demo_models/)"
+    )
     defaults.add_argument("--metric", default="balanced_accuracy", help="validation metric (default balanced_accuracy)")
     defaults.set_defaults(func=_demo_defaults)
 
@@ -86,6 +90,7 @@ def _demo_export(args: argparse.Namespace) -> int:
 def _demo_defaults(args: argparse.Namespace) -> int:
     from medvit.demo.export import mark_defaults
 
-    for dataset, name in sorted(mark_defaults(args.folder, metric=args.metric).items()):
+    folder = args.folder if args.folder is not None else demo_models_dir()
+    for dataset, name in sorted(mark_defaults(folder, metric=args.metric).items()):
         print(f"{dataset}: {name}")
     return 0

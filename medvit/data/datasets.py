@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from medvit.errors import UnknownNameError
+
 __all__ = [
     "ClinicalQuestion",
     "DATASETS",
@@ -454,4 +456,4 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name.lower()]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; choose one of {list_datasets()}") from None
+        raise UnknownNameError(f"unknown dataset {name!r}; choose one of {list_datasets()}") from None

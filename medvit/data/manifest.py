@@ -28,6 +28,7 @@ import pandas as pd
 from medvit.data.datasets import IMAGE_EXTENSIONS, ClinicalQuestion, DatasetSpec, RawItem, Rejection, get_spec
 from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, open_image
 from medvit.data.splits import SPLITS, assign_splits, count_table
+from medvit.errors import RunError
 from medvit.hashing import sha256_file
 
 __all__ = [
@@ -361,7 +362,7 @@ def prepare_manifest(
     _write_csv(rejected_frame, rejected_path(out))
     _log_rejections(rejected)
     if not items:
-        raise RuntimeError(
+        raise RunError(
             f"{raw_dir}: no usable {spec.name} image ({len(rejected)} rejected, see {rejected_path(out)}); "
             f"expected {spec.layout}"
         )

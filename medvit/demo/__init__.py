@@ -1,21 +1,22 @@
 """The library side of the Streamlit demo: everything the page shows is computed here.
 
-The page (``app/streamlit_app.py``) is widgets plus calls into this package, one concept per module:
+The page (``medvit/demo/streamlit_app.py``, run by ``streamlit run``) is widgets plus calls into this package, one concept per module:
 
-* :mod:`~medvit.demo.catalog`: :func:`discover_runs` lists the embedded demo models (``app/demo_models/``)
+* :mod:`~medvit.demo.catalog`: :func:`discover_runs` lists the embedded demo models (``medvit/assets/demo_models/``)
   and the run directories under a folder (default ``runs/``); :func:`default_run` picks the default;
 * :mod:`~medvit.demo.uploads`: :func:`read_upload` validates and decodes an uploaded file,
-  :func:`load_samples` reads the bundled sample catalogue (``app/samples/samples.csv``);
+  :func:`load_samples` reads the bundled sample catalogue (``medvit/assets/samples/samples.csv``);
 * :mod:`~medvit.demo.explanation`: :class:`DemoModel` (a loaded run and its lock) and
   :func:`explain_image` (prediction, four stage CAMs, overlays, localisation scores) with its downloads;
 * :mod:`~medvit.demo.card`: :func:`load_model_card` and :func:`demo_models_markdown`, from the run's
   records and ``report/summary.json``;
 * :mod:`~medvit.demo.export`: :func:`export_demo_model` (``medvit demo-export``) and :func:`validation_score`;
-* :mod:`~medvit.demo.serve`: :func:`serve_demo` (``medvit demo``) and :func:`streamlit_command`.
+* :mod:`~medvit.demo.serve`: :func:`serve_demo` (``medvit demo``), :func:`streamlit_command` and
+  :data:`PAGE_SCRIPT` (the page).
 """
 
 from medvit.demo.card import ModelCard, demo_models_markdown, load_model_card, model_family
-from medvit.demo.catalog import RunEntry, app_dir, default_run, discover_runs
+from medvit.demo.catalog import RunEntry, default_run, discover_runs
 from medvit.demo.explanation import (
     DemoModel,
     Explanation,
@@ -27,7 +28,7 @@ from medvit.demo.explanation import (
     render_explanation_png,
 )
 from medvit.demo.export import export_demo_model, validation_score
-from medvit.demo.serve import serve_demo, streamlit_command
+from medvit.demo.serve import PAGE_SCRIPT, serve_demo, streamlit_command
 from medvit.demo.uploads import (
     MAX_IMAGE_PIXELS,
     MAX_UPLOAD_BYTES,
@@ -40,6 +41,7 @@ from medvit.demo.uploads import (
 )
 
 __all__ = [
+    "PAGE_SCRIPT",
     "MAX_UPLOAD_BYTES",
     "MAX_IMAGE_PIXELS",
     "TRANSFER_LIMIT_BYTES",
@@ -51,7 +53,6 @@ __all__ = [
     "Explanation",
     "StageView",
     "ModelCard",
-    "app_dir",
     "discover_runs",
     "default_run",
     "load_samples",

@@ -1,7 +1,7 @@
 """What the page can load: the embedded demo models and the run directories found under a folder.
 
 :func:`discover_runs` lists them (embedded first, one default per dataset), :func:`default_run` picks
-the default, :func:`app_dir` finds the ``app/`` folder of the checkout.
+the default. The embedded models are package data (:func:`medvit.assets.demo_models_dir`).
 """
 
 from __future__ import annotations
@@ -11,27 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from medvit.assets import demo_models_dir
 from medvit.models.pretrained import PRETRAIN_KIND
 from medvit.run_dir import MODEL_JSON, read_model_header, read_selection
 
-__all__ = ["EMBEDDED_LABEL", "RunEntry", "app_dir", "discover_runs", "default_run"]
+__all__ = ["EMBEDDED_LABEL", "RunEntry", "discover_runs", "default_run"]
 
 EMBEDDED_LABEL = "embedded"
-
-
-def app_dir() -> Path:
-    """The ``app/`` folder of the source checkout (``medvit`` is installed editable from it).
-
-    Raises:
-        FileNotFoundError: ``app/streamlit_app.py`` is not next to the package (a non-editable install).
-    """
-    folder = Path(__file__).resolve().parents[2] / "app"
-    if not (folder / "streamlit_app.py").is_file():
-        raise FileNotFoundError(
-            f"{folder / 'streamlit_app.py'} not found; run the demo from a source checkout "
-            "(`pip install -e .` in the repository, then `make demo`)"
-        )
-    return folder
 
 
 @dataclass(frozen=True)
@@ -43,7 +29,7 @@ class RunEntry:
         label: what the sidebar shows.
         dataset: ``model.json``'s dataset (``""`` when ``model.json`` is unreadable).
         model_name: ``model.json``'s backbone name (``""`` when unreadable).
-        is_embedded: shipped with the app (``app/demo_models/``) rather than found under ``runs/``.
+        is_embedded: shipped in the package (``medvit/assets/demo_models/``) rather than found under ``runs/``.
         is_default: the embedded default model of its dataset.
     """
 
@@ -86,14 +72,11 @@ def discover_runs(
 
     Args:
         runs_dir: folder to search; ``None`` or a missing folder adds nothing.
-        embedded_dir: the embedded models (default ``app/demo_models/`` of the checkout).
+        embedded_dir: the embedded models (default :func:`medvit.assets.demo_models_dir`).
         max_depth: how deep to look below ``runs_dir``.
     """
     if embedded_dir is None:
-        try:
-            embedded_dir = app_dir() / "demo_models"
-        except FileNotFoundError:
-            embedded_dir = None
+        embedded_dir = demo_models_dir()
     entries: list[RunEntry] = []
     defaults: dict[str, Path] = {}
     if embedded_dir is not None and Path(embedded_dir).is_dir():

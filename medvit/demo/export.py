@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from medvit.errors import UnknownNameError
 from medvit.hashing import sha256_file
 from medvit.report import read_summary, summary_estimate
 from medvit.run_dir import (
@@ -96,7 +97,7 @@ def validation_score(
     column = f"val_{metric}"
     if column not in history[0]:
         choices = ", ".join(c[len("val_"):] for c in history[0] if c.startswith("val_"))
-        raise KeyError(f"{run / METRICS_CSV}: no column {column!r}; choose --metric from {choices}")
+        raise UnknownNameError(f"{run / METRICS_CSV}: no column {column!r}; choose --metric from {choices}")
     config = read_config(run) if config is None else config
     kept = kept_epoch(history, monitored_metric(config))
     return float(history[kept].get(column, float("nan"))), kept + 1
@@ -123,7 +124,7 @@ def export_demo_model(
 
     Args:
         runs: candidate run directories.
-        out_dir: the embedded model's folder (e.g. ``app/demo_models/busi_vvt_tiny``).
+        out_dir: the embedded model's folder (e.g. ``medvit/assets/demo_models/busi_vvt_tiny``).
         metric: metric to maximise, a ``val_*`` column of ``metrics.csv`` without ``val_`` (e.g.
             ``macro_f1``, ``balanced_accuracy``, ``macro_auroc``).
         default: mark this model as its dataset's default on the page (see also :func:`mark_defaults`).

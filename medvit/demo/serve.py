@@ -10,10 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from medvit.demo.catalog import app_dir
 from medvit.demo.uploads import TRANSFER_LIMIT_BYTES
 
-__all__ = ["DEFAULT_PORT", "PORT_ENV", "STOP_TIMEOUT_S", "resolve_port", "serve_demo", "streamlit_command"]
+__all__ = ["DEFAULT_PORT", "PAGE_SCRIPT", "PORT_ENV", "STOP_TIMEOUT_S", "resolve_port", "serve_demo", "streamlit_command"]
 
 _logger = logging.getLogger(__name__)
 
@@ -22,6 +21,9 @@ DEFAULT_PORT = 8501
 
 PORT_ENV = "STREAMLIT_SERVER_PORT"
 """Streamlit's own environment variable for the port; ``medvit demo`` honours it when ``--port`` is absent."""
+
+PAGE_SCRIPT = Path(__file__).with_name("streamlit_app.py")
+"""The Streamlit page, a module of this package (like ``streamlit hello``), so an installed wheel serves it."""
 
 STOP_TIMEOUT_S = 10.0
 """How long a stopping ``medvit demo`` waits for Streamlit to exit after SIGTERM before killing it."""
@@ -39,9 +41,9 @@ def streamlit_command(
         port: HTTP port.
         runs_dir: folder the page searches for run directories (passed after ``--``).
         address: address to bind.
-        script: the page (default ``app/streamlit_app.py`` of the checkout).
+        script: the page (default :data:`PAGE_SCRIPT`).
     """
-    script = Path(script) if script is not None else app_dir() / "streamlit_app.py"
+    script = Path(script) if script is not None else PAGE_SCRIPT
     return [
         sys.executable,
         "-m",

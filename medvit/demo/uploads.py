@@ -1,4 +1,4 @@
-"""What the page reads as input: an uploaded image file, or a bundled sample from ``app/samples/``.
+"""What the page reads as input: an uploaded image file, or a bundled sample (``medvit/assets/samples/``).
 
 :func:`read_upload` validates an upload (size, decodability, pixel count) and decodes it;
 :func:`load_samples` reads the sample catalogue ``samples.csv``.
@@ -14,7 +14,7 @@ import numpy as np
 
 from medvit.data.datasets import IMAGE_EXTENSIONS
 from medvit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from medvit.demo.catalog import app_dir
+from medvit.assets import samples_dir as bundled_samples_dir
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -78,16 +78,16 @@ def load_samples(samples_dir: str | Path | None = None) -> list[Sample]:
     """Read the bundled sample catalogue ``samples.csv`` (paths relative to its folder).
 
     Args:
-        samples_dir: folder holding ``samples.csv`` (default ``app/samples/`` of the checkout).
+        samples_dir: folder holding ``samples.csv`` (default :func:`medvit.assets.samples_dir`).
 
     Raises:
         FileNotFoundError: the catalogue, or an image or mask it lists, is missing.
         ValueError: the catalogue lacks a column.
     """
-    samples_dir = Path(samples_dir) if samples_dir is not None else app_dir() / "samples"
+    samples_dir = Path(samples_dir) if samples_dir is not None else bundled_samples_dir()
     catalogue = samples_dir / "samples.csv"
     if not catalogue.is_file():
-        raise FileNotFoundError(f"{catalogue} not found; the bundled samples are missing from the checkout")
+        raise FileNotFoundError(f"{catalogue} not found; the bundled samples are missing from the installed package")
     with open(catalogue, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in _SAMPLE_COLUMNS if c not in (reader.fieldnames or [])]

@@ -20,6 +20,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from medvit.errors import UnknownNameError
+
 __all__ = [
     "BUNDLED_PACKAGES",
     "bundled_weights_path",
@@ -50,7 +52,7 @@ def bundled_weights_path(name: str) -> Path:
             names the pip package to install.
     """
     if name not in BUNDLED_PACKAGES:
-        raise KeyError(
+        raise UnknownNameError(
             f"no bundled weights for {name!r}; bundled: {sorted(BUNDLED_PACKAGES)}"
         )
     import_name, pip_name = BUNDLED_PACKAGES[name]

@@ -22,6 +22,7 @@ from timm.models import PretrainedCfg
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from medvit.errors import UnknownNameError
 from medvit.models.checkpoints import load_pretrained
 from medvit.models.layout import stage_fmt
 from medvit.models.pretrained import resolve_pretrained
@@ -96,7 +97,7 @@ def _check_name(name: str) -> None:
     candidates = list(_BY_NAME) + timm.list_models()
     close = get_close_matches(name, candidates, n=5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}{hint} See `medvit models` for the curated backbones.")
+    raise UnknownNameError(f"unknown model {name!r}{hint} See `medvit models` for the curated backbones.")
 
 
 def create_model(
@@ -208,7 +209,7 @@ def summarize_models(names: Sequence[str] | None = None, with_flops: bool = Fals
     """
     unknown = [name for name in names or () if name not in _BY_NAME]
     if unknown:
-        raise KeyError(f"not curated backbones: {', '.join(unknown)}; curated: {', '.join(_BY_NAME)}")
+        raise UnknownNameError(f"not curated backbones: {', '.join(unknown)}; curated: {', '.join(_BY_NAME)}")
     infos = list_models() if names is None else [_BY_NAME[name] for name in names]
     rows = []
     for info in infos:

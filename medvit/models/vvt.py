@@ -51,6 +51,7 @@ from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import OverlapPatchEmbed
 from torch import Tensor, nn
 
+from medvit.errors import UnknownNameError
 from medvit.models.chunking import CPU_CHUNK_BYTES, cpu_images_per_chunk, map_image_chunks
 from medvit.models.init import init_linear_and_conv
 
@@ -615,7 +616,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: Optional[nn.Mo
     for (prefix, kind), parts in qkv_parts.items():
         missing = [f"{prefix}{name}_proj.{kind}" for name in "qkv" if name not in parts]
         if missing:
-            raise KeyError(f"official VVT checkpoint is missing {missing}; is the file complete?")
+            raise UnknownNameError(f"official VVT checkpoint is missing {missing}; is the file complete?")
         out[f"{prefix}qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 

@@ -30,6 +30,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from medvit.errors import RunError
 from medvit.hashing import sha256_file
 from medvit.models.pretrained import PRETRAIN_KIND, PRETRAIN_WEIGHTS
 from medvit.pretrain.adapters import PyramidStudent, backbone_state_dict
@@ -260,7 +261,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
             optimizer.zero_grad(set_to_none=True)
             loss = train_step(loss_of)  # forward and backward, in the run's precision, compiled or eager
             if not bool(torch.isfinite(loss)):
-                raise RuntimeError(
+                raise RunError(
                     f"non-finite pretraining loss at epoch {epoch + 1}, step {step + 1}; the last good epoch is kept "
                     f"in {out}; lower lr or set grad_clip"
                 )

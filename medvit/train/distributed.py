@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medvit.errors import RunError
+
 __all__ = ["DistContext"]
 
 
@@ -42,7 +44,7 @@ class DistContext:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("config device: cuda requested but CUDA is not available; use device: auto or cpu")
+            raise RunError("config device: cuda requested but CUDA is not available; use device: auto or cpu")
         torch_device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
         if use_cuda:
             torch.cuda.set_device(torch_device)

@@ -1,7 +1,7 @@
 """medvit demo page: class probabilities and Grad-CAM at the four pyramid stages of a trained model.
 
 Widgets and calls into :mod:`medvit.demo`; nothing is computed here. Run it with ``make demo`` or
-``medvit demo [--port P] [--runs DIR]`` (``streamlit run app/streamlit_app.py -- --runs DIR`` works too).
+``medvit demo [--port P] [--runs DIR]`` (``streamlit run medvit/demo/streamlit_app.py -- --runs DIR`` works too).
 Research use only: not for diagnosis.
 """
 
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from medvit import demo  # noqa: E402
+from medvit import assets, demo  # noqa: E402
 from medvit.data.images import read_image, read_mask  # noqa: E402
 from medvit.explain import CAM_METHODS, DEFAULT_TOP_FRACTION  # noqa: E402
 from medvit.reporting.decision import decide  # noqa: E402
@@ -32,9 +32,8 @@ from medvit.run_dir import BEST_WEIGHTS  # noqa: E402
 
 _logger = logging.getLogger("medvit.app")
 
-APP_DIR = Path(__file__).resolve().parent
-EMBEDDED_DIR = APP_DIR / "demo_models"
-SAMPLES_DIR = APP_DIR / "samples"
+EMBEDDED_DIR = assets.demo_models_dir()
+SAMPLES_DIR = assets.samples_dir()
 NOTICE = (
     "**Research use only — not for diagnosis.** These small demonstration models were fine-tuned on a "
     "few hundred public images; their predictions and heat maps are not medical advice."

@@ -2,12 +2,12 @@
 
 A developer's tool, run once when the pools or their manifests change (never at demo run time):
 
-    .venv/bin/python app/samples/build_samples.py --pools ../shared/datasets/pools
+    .venv/bin/python experiments/build_samples.py --pools ../shared/datasets/pools
 
 For each dataset it takes, per class, ``--per-class`` images of the pool manifest's **test** split
 (``data_manifests/<dataset>_pool.csv``; seeded choice among files under ``--max-kb``), copies them and
-their BUSI masks into ``app/samples/<dataset>/`` and writes ``app/samples/samples.csv``. Test-split
-images were not used to train or select the embedded demo models (their manifests are the same files),
+their BUSI masks into ``medvit/assets/samples/<dataset>/`` and writes ``medvit/assets/samples/samples.csv``.
+Test-split images were not used to train or select the embedded demo models (their manifests are the same files),
 so ``seen_in_training`` is ``false`` for every sample.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 
 from medvit.data.manifest import read_manifest
 
-_logger = logging.getLogger("medvit.app.samples")
+_logger = logging.getLogger("medvit.samples")
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "medvit" / "assets" / "samples"
 POOL_FOLDERS = {"busi": "busi_256", "ham10000": "ham10000_200x150", "eyepacs": "eyepacs_256"}
 
 
