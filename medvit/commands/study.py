@@ -13,7 +13,7 @@ def _study(args: argparse.Namespace) -> int:
 
     cfg = load_study_config(args.config, args.set)
     if args.report_only:
-        print(write_study_report(cfg, args.results or args.out, out=args.out / "report" if args.results else None))
+        print(write_study_report(cfg, args.out, out=args.report_dir))
         return 0
     slurm = {"slurm_partition": args.partition} if args.partition else {}
     if args.timeout_min:
@@ -55,4 +55,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="run cells only")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from finished cells' result files (no training; weights not needed)")
+    p.add_argument("--report-dir", type=Path, help="with --report-only: where to write the report (default OUT/report)")
     p.set_defaults(func=_study)

@@ -29,6 +29,9 @@ __all__ = [
     "Cell",
     "RESULT_FILES",
     "cell_state",
+    "clear_unstarted",
+    "score_cams",
+    "start_weights",
     "plan_cells",
     "publish_results",
     "run_cell",
@@ -141,7 +144,7 @@ def _weights_present(cell: Cell, study_dir: Path) -> bool:
     return (cell.path(study_dir) / name).is_file()
 
 
-def _clear_unstarted(path: Path) -> None:
+def clear_unstarted(path: Path) -> None:
     """Remove a run folder that holds no completed epoch (nothing to keep), refusing anything unexpected."""
     leftovers = {p.name for p in path.iterdir()}
     if not leftovers <= _FRESH_RUN_FILES | {METRICS_CSV}:
@@ -166,7 +169,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, study_dir: str | Path) -> str:
     if state == "finished":
         return state
     if state == "empty":
-        _clear_unstarted(path)
+        clear_unstarted(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if cell.kind == "pretrain":
         if state == "partial":
@@ -178,7 +181,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, study_dir: str | Path) -> str:
         if state == "partial":
             train(None, path, resume=True)
         else:
-            pretrained = _start_weights(cfg, cell, study_dir)
+            pretrained = start_weights(cfg, cell, study_dir)
             train(cfg.cell_train_config(cell.dataset, cell.backbone, cell.seed, pretrained), path)
     if cell.scores_cams:
         score_cams(cfg, cell, study_dir)
@@ -203,7 +206,7 @@ def ensure_pretrain_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> No
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _start_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> str | None:
+def start_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> str | None:
     if cfg.start == "scratch":
         return None
     if cfg.start == "imagenet":

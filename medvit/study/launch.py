@@ -17,8 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from medvit.study.cells import Cell, adopt_results, cell_state, plan_cells, publish_results, run_cell, select_cells
+import yaml
+
+from medvit.study.cells import (
+    Cell,
+    adopt_results,
+    cell_state,
+    clear_unstarted,
+    plan_cells,
+    publish_results,
+    run_cell,
+    score_cams,
+    select_cells,
+    start_weights,
+)
 from medvit.study.config import StudyConfig
+from medvit.study.report import write_study_report
 
 __all__ = ["LAUNCHERS", "StudyRun", "run_study"]
 
@@ -44,10 +58,6 @@ def _cell_job(cfg: StudyConfig, cell: Cell, study_dir: str, nproc: int) -> str:
 
 
 def _torchrun_cell(cfg: StudyConfig, cell: Cell, study_dir: Path, nproc: int) -> str:
-    import yaml
-
-    from medvit.study.cells import _start_weights, score_cams
-
     state = cell_state(cell, study_dir)
     path = cell.path(study_dir)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
@@ -56,10 +66,9 @@ def _torchrun_cell(cfg: StudyConfig, cell: Cell, study_dir: Path, nproc: int) ->
         command.append("--resume")
     else:
         if path.exists():
-            from medvit.study.cells import _clear_unstarted
-            _clear_unstarted(path)
+            clear_unstarted(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        config = cfg.cell_train_dict(cell.dataset, cell.backbone, cell.seed, _start_weights(cfg, cell, study_dir))
+        config = cfg.cell_train_dict(cell.dataset, cell.backbone, cell.seed, start_weights(cfg, cell, study_dir))
         config_file = path.parent / f".{path.name}.config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         command += ["--config", str(config_file)]
@@ -129,8 +138,6 @@ def run_study(
         _run_waves(cfg, cells, out, results, nproc, outcome, _executor(launcher, out / ".submitit", slurm or {}))
     done = all(cell_state(c, out) == "finished" for c in all_cells if c.kind == "train")
     if report and done:
-        from medvit.study.report import write_study_report
-
         outcome.report = write_study_report(cfg, out)
     elif report:
         missing = [c.name for c in all_cells if c.kind == "train" and cell_state(c, out) != "finished"]
