@@ -307,7 +307,7 @@ def test_resuming_a_finished_run_says_so(run_copy, caplog):
     with caplog.at_level(logging.INFO, logger="medvit"):
         train(None, run_copy, resume=True)
     text = caplog.text
-    assert "already finished (1 epochs)" in text and "at epoch 2/1" not in text
+    assert "already finished; re-running the final evaluation only" in text and "at epoch 2/1" not in text
 
 
 def test_rejected_rows_sort_by_number(tmp_path):

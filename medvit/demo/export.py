@@ -231,7 +231,7 @@ def remeasure_stored_weights(out_dir: str | Path, device: str = "auto") -> None:
     out_dir = Path(out_dir)
     config = read_config(out_dir)
     for split in ("val", str(config.get("eval_split", "test"))):
-        evaluate_run(out_dir, split=split, device=device)
+        evaluate_run(out_dir, split=split, device=device, replace=True)  # the copied float-weight predictions
     calibrate_run(out_dir, device=device)
     write_report(out_dir, split=str(config.get("eval_split", "test")), n_bootstrap=int(config.get("n_bootstrap", 1000)),
                  seed=int(config.get("seed", 0)))

@@ -316,7 +316,7 @@ class _Trainer:
         if self.ctx.is_main:  # the rows of every committed epoch, whatever the kill interrupted
             write_metrics_csv(self.out / METRICS_CSV, state.history)
         if state.finished or state.next_epoch >= self.cfg.epochs:
-            self.log("%s already finished (%d epochs); re-running the final evaluation only", self.out, state.next_epoch)
+            self.log("%s already finished; re-running the final evaluation only", self.out)
         else:
             self.log("resuming %s at epoch %d/%d", self.out, state.next_epoch + 1, self.cfg.epochs)
         return state

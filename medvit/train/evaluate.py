@@ -27,6 +27,7 @@ def evaluate_run(
     batch_size: int | None = None,
     device: str = "auto",
     out: str | Path | None = None,
+    replace: bool = False,
 ) -> Path:
     """Predict a split with a run's best model and write ``predictions.csv``.
 
@@ -43,6 +44,8 @@ def evaluate_run(
         device: ``auto``, ``cpu`` or ``cuda``.
         out: output CSV (default ``RUN/predictions.csv``, ``RUN/predictions_<split>.csv`` for
             other splits).
+        replace: replace an existing run-own prediction file (only for a run's own re-measurement,
+            e.g. ``medvit demo-export`` predicting again with the weights as stored).
 
     Returns:
         The written CSV path.
@@ -54,7 +57,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     path = Path(out) if out else run_dir / predictions_filename(split)
     own_files = {predictions_filename(s) for s in ("train", "val", "test", "all")}
-    if path.exists() and path.name in own_files and path.parent.resolve() == run_dir.resolve():
+    if not replace and path.exists() and path.name in own_files and path.parent.resolve() == run_dir.resolve():
         raise FileExistsError(
             f"{path} holds the run's own predictions and is never overwritten; write elsewhere with --out DIR"
         )
