@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -71,13 +71,16 @@ def _rows(frame: pd.DataFrame, mask: pd.Series | Sequence[bool], column: str = "
     return "row(s) " + _limited(f"{index + 2} ({value})" for index, value in zip(selected.index, selected[column]))
 
 
-def manifest_class_names(manifest: str | Path, frame: pd.DataFrame | None = None) -> list[str]:
-    """Class names in label order: the side JSON's, else the (label, label_name) pairs of the rows."""
+def manifest_class_names(
+    manifest: str | Path, frame: pd.DataFrame | None = None, info: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Class names in label order: the side JSON's (``info``, read when not given), else the
+    (label, label_name) pairs of the rows."""
     manifest = Path(manifest)
-    if manifest_info_path(manifest).is_file():
-        names = read_manifest_info(manifest).get("class_names")
-        if names:
-            return [str(c) for c in names]
+    if info is None and manifest_info_path(manifest).is_file():
+        info = read_manifest_info(manifest)
+    if info and info.get("class_names"):
+        return [str(c) for c in info["class_names"]]
     frame = read_manifest(manifest) if frame is None else frame
     pairs = frame[["label", "label_name"]].drop_duplicates().sort_values("label")
     return [str(n) for n in pairs["label_name"]]
@@ -217,7 +220,7 @@ def check_manifest(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: raw folder not found; pass the dataset folder with --root")
-    names = manifest_class_names(manifest, frame)
+    names = manifest_class_names(manifest, frame, info)
     result = ManifestCheck(manifest, root, len(frame), class_names=names)
     mismatch = class_mismatch(names, class_names) if class_names is not None else None
     if mismatch:
