@@ -143,11 +143,17 @@ def choose_input(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None, st
         st.info("Upload an image to explain it.")
         return None, None, "", None
     try:
-        rgb = demo.read_upload(uploaded.getvalue(), uploaded.name)
+        upload = demo.open_upload(uploaded.getvalue(), uploaded.name)
+        if upload.num_frames > 1:
+            frame = st.slider("Frame", 1, upload.num_frames, 1, key=f"frame-{uploaded.file_id}")
+            if frame != 1:
+                upload = demo.open_upload(uploaded.getvalue(), uploaded.name, frame=frame - 1)
     except ValueError as error:
         st.error(f"Cannot use this upload: {error}")
         return None, None, uploaded.name, None
-    return rgb, None, uploaded.name, None
+    if upload.is_dicom:  # modality, size and frame only: never the patient's name, ID or dates
+        st.caption(upload.summary)
+    return upload.rgb, None, uploaded.name, None
 
 
 def show_prediction(explanation: demo.Explanation, sample: demo.Sample | None) -> None:

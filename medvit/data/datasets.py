@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from medvit.data.dicom import DICOM_EXTENSIONS
+
 __all__ = [
     "ClinicalQuestion",
     "DATASETS",
@@ -32,8 +34,8 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-"""File name suffixes (lower case) taken for images when scanning a folder."""
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}) | DICOM_EXTENSIONS
+"""File name suffixes (lower case) taken for images when scanning a folder (DICOM: ``.dcm``, ``.dicom``)."""
 
 
 class LayoutError(FileNotFoundError):

@@ -35,7 +35,9 @@ from medvit.demo.uploads import (
     UPLOAD_FORMATS,
     UPLOAD_TYPES,
     Sample,
+    Upload,
     load_samples,
+    open_upload,
     read_upload,
 )
 
@@ -54,7 +56,9 @@ __all__ = [
     "app_dir",
     "discover_runs",
     "default_run",
+    "Upload",
     "load_samples",
+    "open_upload",
     "read_upload",
     "load_demo_model",
     "explain_image",

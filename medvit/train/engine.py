@@ -315,9 +315,10 @@ class _Trainer:
         state = TrainState().load_state_dict(state_dict)
         if self.ctx.is_main:  # the rows of every committed epoch, whatever the kill interrupted
             write_metrics_csv(self.out / METRICS_CSV, state.history)
-        self.log("resuming %s at epoch %d/%d", self.out, state.next_epoch + 1, self.cfg.epochs)
-        if state.finished:
+        if state.finished or state.next_epoch >= self.cfg.epochs:
             self.log("%s already finished; re-running the final evaluation only", self.out)
+        else:
+            self.log("resuming %s at epoch %d/%d", self.out, state.next_epoch + 1, self.cfg.epochs)
         return state
 
     # -- the loop -------------------------------------------------------------------------------
