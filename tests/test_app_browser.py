@@ -148,3 +148,30 @@ def test_dicom_upload_shows_modality_and_frame_and_no_patient_data(server, tmp_p
             page.screenshot(path=str(tmp_path / "dicom_page.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_compare_mode_shows_every_models_stage_overlays(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    busi = [e for e in demo.discover_runs(None) if e.dataset == "busi"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1300})
+            page.set_default_timeout(90_000)
+            page.goto(server)
+            page.get_by_text("Research use only — not for diagnosis.", exact=False).first.wait_for()
+            page.get_by_text("Compare models", exact=True).click()
+            page.get_by_text("Side by side", exact=False).first.wait_for()
+            overlays = page.locator('img[alt$="stage 4 overlay"]')
+            overlays.nth(len(busi) - 1).wait_for(state="visible")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "compare_page.png"), full_page=True)
+            assert overlays.count() == len(busi) >= 2
+            assert page.locator('img[alt$="overlay"]').count() == 4 * len(busi)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+            assert sum("energy in lesion" in c for c in captions) == 4 * len(busi), captions
+        finally:
+            browser.close()

@@ -16,6 +16,7 @@ The page (``app/streamlit_app.py``) is widgets plus calls into this package, one
 
 from medvit.demo.card import ModelCard, demo_models_markdown, load_model_card, model_family
 from medvit.demo.catalog import RunEntry, app_dir, default_run, discover_runs
+from medvit.demo.compare import MAX_COMPARED, MIN_COMPARED, check_comparison, comparison_table
 from medvit.demo.explanation import (
     DemoModel,
     Explanation,
@@ -42,6 +43,10 @@ from medvit.demo.uploads import (
 )
 
 __all__ = [
+    "MAX_COMPARED",
+    "MIN_COMPARED",
+    "check_comparison",
+    "comparison_table",
     "MAX_UPLOAD_BYTES",
     "MAX_IMAGE_PIXELS",
     "TRANSFER_LIMIT_BYTES",
