@@ -106,6 +106,19 @@ def test_only_selects_cells_and_their_pretrain(synthetic_busi):
         select_cells(cells, ["busi/swin"])
 
 
+
+def test_local_launcher_finishes_backbones_in_config_order(synthetic_busi, tmp_path, monkeypatch):
+    """A restart after the first backbone's pretrain finished goes on with that backbone's fine-tunes
+    (not with the next backbone's pretrain)."""
+    from medvit.study import launch
+
+    cfg = study_config_from_dict(_study(synthetic_busi))
+    ran = []
+    monkeypatch.setattr(launch, "_cell_job", lambda cfg, cell, out, nproc: ran.append(cell.name) or "finished")
+    monkeypatch.setattr(launch, "cell_state", lambda cell, out: "finished" if cell.name == "pretrain/acc" else "new")
+    launch.run_study(cfg, tmp_path / "study", report=False)
+    assert ran == ["busi/acc", "pretrain/vvt", "busi/vvt"]
+
 # -- paired statistics and verdicts -----------------------------------------------------------------------------
 
 

@@ -159,7 +159,7 @@ def _run_local(cfg: StudyConfig, cells: Sequence[Cell], out: Path, results: str 
     for cell in cells:
         if cell not in pending:
             outcome.states[cell.name] = "finished"
-    for backbone in dict.fromkeys(c.backbone for c in pending):
+    for backbone in cfg.backbones:  # the config's order, whatever has finished already
         for cell in [c for c in pending if c.backbone == backbone]:
             outcome.states[cell.name] = _cell_job(cfg, cell, str(out), nproc)
             if results is not None:
