@@ -1,4 +1,4 @@
-"""The error types medvit raises when a user's request cannot be met.
+"""The error types medvit raises when a user's request cannot be met (one module for the whole package).
 
 A bad setting or a bad file is a :class:`ValueError` or an :class:`OSError` (``FileNotFoundError``, a
 read-only ``--out``), as Python's own functions raise them. An unknown name and a run that cannot go on
@@ -9,7 +9,7 @@ and any other exception as a bug (``-v`` shows the traceback of both; :func:`med
 
 from __future__ import annotations
 
-__all__ = ["USER_ERRORS", "RunError", "UnknownNameError", "UserError"]
+__all__ = ["USER_ERRORS", "ImageReadError", "RunError", "UnknownNameError", "UserError"]
 
 
 class UserError(Exception):
@@ -26,6 +26,22 @@ class UnknownNameError(UserError, KeyError):
 
 class RunError(UserError, RuntimeError):
     """A command that cannot go on for a reason the user can fix: no usable image, a non-finite loss, no CUDA."""
+
+
+class ImageReadError(UserError, ValueError):
+    """An image file cannot be used: unreadable, truncated, empty, too large or of an unknown mode (the error
+    every image reader raises, PNG/JPEG/... and DICOM alike).
+
+    Attributes:
+        reason: a short category for reports (``empty file``, ``decompression bomb``, ``truncated or
+            corrupt``, ``not a readable image``, ``unsupported image mode``, ``mask size differs``,
+            ``not a binary mask``, and for DICOM ``no pixel data``, ``broken DICOM header``,
+            ``truncated pixel data``, ``unsupported transfer syntax``, ...).
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)

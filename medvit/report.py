@@ -41,24 +41,22 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-def read_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
-    """Read a run's predictions of ``split`` (``predictions.csv`` or ``predictions_<split>.csv``).
+def read_predictions(run_dir: str | Path, split: str = "test", class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a run's predictions of ``split`` (``predictions.csv`` or ``predictions_<split>.csv``), checked
+    against the run's classes (``class_names``; default: read from its ``model.json``).
 
     Raises:
         FileNotFoundError: no predictions for that split (run ``medvit evaluate`` first).
+        ValueError: a corrupt file (:func:`medvit.boundary.predictions.read_predictions_file`).
     """
+    from medvit.boundary.predictions import read_predictions_file
+
     path = Path(run_dir) / predictions_filename(split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with 'medvit evaluate {run_dir} --split {split}'")
-    return pd.read_csv(path)
-
-
-def _probabilities(frame: pd.DataFrame, class_names: Sequence[str], path: Path) -> np.ndarray:
-    columns = [f"prob_{name}" for name in class_names]
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}; re-run 'medvit evaluate' with this run")
-    return frame[columns].to_numpy(dtype=np.float64)
+    if class_names is None:
+        class_names = [str(c) for c in read_model_info(run_dir)["class_names"]]
+    return read_predictions_file(path, class_names, fix=f"create it again with 'medvit evaluate {run_dir} --split {split}'")
 
 
 def per_class_table(metrics: ClassificationMetrics) -> pd.DataFrame:
@@ -208,8 +206,8 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     run_dir = Path(run_dir)
     info = read_model_info(run_dir)
     class_names = [str(c) for c in info["class_names"]]
-    frame = read_predictions(run_dir, split)
-    probabilities = _probabilities(frame, class_names, run_dir / predictions_filename(split))
+    frame = read_predictions(run_dir, split, class_names)
+    probabilities = frame[[f"prob_{name}" for name in class_names]].to_numpy(dtype=np.float64)
     labels = frame["label"].to_numpy(dtype=np.int64)
     is_ordinal = bool(info.get("is_ordinal", False))
     metrics = compute_metrics(labels, probabilities, class_names, is_ordinal=is_ordinal, n_bootstrap=n_bootstrap, seed=seed)

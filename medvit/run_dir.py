@@ -22,8 +22,6 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -215,15 +213,12 @@ def read_run_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """
     from medvit.models.storage import dequantize
 
+    from medvit.boundary.weights import read_safetensors
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; the run has no saved weights (did training finish an epoch?)")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata()
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error}); re-export or retrain the run") from error
+    tensors, metadata = read_safetensors(path, fix="re-export or retrain the run")
     return dequantize(tensors, metadata)
 
 
@@ -267,7 +262,12 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
         info = json.loads(info_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{info_path}: not valid JSON ({error}); the run directory is corrupt") from error
-    missing = [key for key in _REQUIRED_INFO if key not in info]
+    if isinstance(info, dict) and info.get("kind") == "pretrain":  # medvit.models.pretrained.PRETRAIN_KIND
+        raise ValueError(
+            f"{path} is a pretrain run (medvit pretrain), not a fine-tuned one: it holds a backbone without a "
+            f"classifier; pass a 'medvit train' run, or fine-tune from it with --set pretrained={path}"
+        )
+    missing = [key for key in _REQUIRED_INFO if not isinstance(info, dict) or key not in info]
     if missing:
         raise ValueError(f"{info_path}: missing keys {missing}; the run directory is corrupt")
     return info

@@ -156,6 +156,42 @@ def test_explain_image_with_mask(busi_model, busi_sample):
     np.testing.assert_allclose(redrawn[0], explanation.image, atol=1)
 
 
+def test_comparison_checks_count_and_dataset(entries):
+    busi = [e for e in entries if e.dataset == "busi"]
+    ham = next(e for e in entries if e.dataset == "ham10000")
+    demo.check_comparison(busi[:2])
+    with pytest.raises(ValueError, match="pick 2 to 4 models to compare \\(got 1\\)"):
+        demo.check_comparison(busi[:1])
+    with pytest.raises(ValueError, match="got 5"):
+        demo.check_comparison(busi[:1] * 5)
+    with pytest.raises(ValueError, match="one dataset; these are of busi, ham10000"):
+        demo.check_comparison([busi[0], ham])
+
+
+def test_comparison_table_has_each_models_numbers(busi_model, busi_sample):
+    from medvit.data.images import read_mask
+
+    rgb = read_image(busi_sample.path)
+    mask = read_mask([str(m) for m in busi_sample.mask], shape=rgb.shape[:2])
+    with_mask = demo.explain_image(busi_model, rgb, mask=mask)
+    other_target = demo.explain_image(busi_model, rgb, mask=mask, method="gradcam++")
+    table = demo.comparison_table({"a": with_mask, "b": other_target})
+    assert list(table["model"]) == ["a", "b"]
+    names = list(with_mask.class_names)
+    for i, explanation in enumerate((with_mask, other_target)):
+        assert table.loc[i, "predicted"] == names[explanation.predicted]
+        np.testing.assert_allclose(
+            table.loc[i, [f"p({n})" for n in names]].to_numpy(float), explanation.probabilities, atol=1e-7
+        )
+        for stage in explanation.stages:
+            assert table.loc[i, f"stage {stage.index + 1} energy"] == pytest.approx(stage.localization["energy"])
+    assert not np.allclose(table.loc[0, ["stage 4 energy"]].to_numpy(float), table.loc[1, ["stage 4 energy"]].to_numpy(float))
+    no_mask = demo.comparison_table({"a": demo.explain_image(busi_model, rgb), "b": with_mask})
+    assert np.isnan(no_mask.loc[0, "stage 1 energy"]) and no_mask.loc[1, "stage 1 energy"] == pytest.approx(
+        with_mask.stages[0].localization["energy"]
+    )
+
+
 def test_explain_image_rejects_bad_arguments(busi_model):
     rgb = np.zeros((40, 50, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="out of range"):
@@ -296,6 +332,38 @@ def test_page_default_model_with_sample(tmp_path):
     at.selectbox(key="dataset").set_value("ham10000").run()
     assert not at.exception and not at.error
     assert len(_probability_table(at)) == 7
+
+
+def test_page_compares_models_on_one_image(tmp_path, entries):
+    at = _page(tmp_path)
+    at.radio(key="mode").set_value("Compare models").run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="cmp-dataset").value == "busi"
+    chosen = at.multiselect(key="cmp-runs-busi").value
+    busi = [e for e in entries if e.dataset == "busi"]
+    assert len(chosen) == len(busi) >= 3 and chosen[0].is_default
+    table = next(df.value for df in at.dataframe if "backbone" in df.value.columns)
+    assert len(table) == len(busi) and set(table["backbone"]) == {e.model_name for e in busi}
+    stage_captions = [c for image in at.image for c in image.captions if c.startswith("Stage ")]
+    assert len(stage_captions) == 4 * len(busi)
+    assert all("energy in lesion" in c for c in stage_captions)  # the sample has a mask
+    assert table[[f"stage {i} energy" for i in (1, 2, 3, 4)]].notna().all().all()
+    probability_tables = [df.value for df in at.dataframe if list(df.value.columns) == ["class", "probability"]]
+    assert len(probability_tables) == len(busi)
+    for frame, (_, row) in zip(probability_tables, table.iterrows()):
+        assert frame["probability"].sum() == pytest.approx(1.0, abs=1e-5)
+        assert row["predicted"] == frame.loc[frame["probability"].idxmax(), "class"]
+    # one model is not a comparison
+    at.multiselect(key="cmp-runs-busi").set_value(chosen[:1]).run()
+    assert not at.exception
+    assert any("pick 2 to 4 models" in i.value for i in at.info)
+    assert not [c for image in at.image for c in image.captions if c.startswith("Stage ")]
+    # another dataset
+    at.selectbox(key="cmp-dataset").set_value("ham10000").run()
+    assert not at.exception and not at.error
+    table = next(df.value for df in at.dataframe if "backbone" in df.value.columns)
+    assert len(table) == len([e for e in entries if e.dataset == "ham10000"])
+    assert "stage 1 energy" not in table.columns  # HAM10000 samples have no mask
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 
 Starts ``streamlit run medvit/demo/streamlit_app.py`` on a free local port (the same command line as
 ``medvit demo``), uploads a real image (a bundled BUSI sample), waits for the four stage overlays,
-saves a screenshot under the test's tmp dir and checks that the page shows no exception box.
+saves a screenshot under the test's tmp dir and checks that the page shows no exception box; a second test
+uploads a two-frame DICOM written from that sample and checks the modality/size/frame caption, the
+frame slider, and that none of its made-up patient data reaches the page.
 Skips only when ``/usr/bin/chromium`` is absent (``.ci/run`` installs it: ``apt-get install chromium``).
 """
 
@@ -15,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medvit import demo
@@ -113,3 +116,63 @@ def test_upload_shows_four_stage_overlays(server, tmp_path):
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_dicom_upload_shows_modality_and_frame_and_no_patient_data(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from dicom_samples import PATIENT, write_dicom
+    from medvit.data.images import read_image
+
+    gray = read_image(SAMPLES / "busi" / "malignant (126).png")[..., 0]
+    height, width = gray.shape
+    dicom = write_dicom(tmp_path / "cine.dcm", np.stack([gray, 255 - gray]))  # two frames, a made-up patient
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1300})
+            page.set_default_timeout(60_000)
+            page.goto(server)
+            page.get_by_text("Research use only — not for diagnosis.", exact=False).first.wait_for()
+            page.get_by_text("Upload an image", exact=True).click()
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(dicom))
+            page.get_by_text(f"DICOM US, {width} x {height}, frame 1 of 2", exact=True).wait_for()
+            assert page.locator('[data-testid="stSlider"]').filter(has_text="Frame").count() == 1
+            for index in range(1, 5):
+                page.locator(f'img[alt="stage {index} overlay"]').wait_for(state="visible")
+            page.get_by_text("Predicted class").first.wait_for()
+            page.wait_for_timeout(500)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            text = page.content()
+            assert not any(value in text for value in PATIENT.values())
+            page.screenshot(path=str(tmp_path / "dicom_page.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_compare_mode_shows_every_models_stage_overlays(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    busi = [e for e in demo.discover_runs(None) if e.dataset == "busi"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1300})
+            page.set_default_timeout(90_000)
+            page.goto(server)
+            page.get_by_text("Research use only — not for diagnosis.", exact=False).first.wait_for()
+            page.get_by_text("Compare models", exact=True).click()
+            page.get_by_text("Side by side", exact=False).first.wait_for()
+            overlays = page.locator('img[alt$="stage 4 overlay"]')
+            overlays.nth(len(busi) - 1).wait_for(state="visible")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "compare_page.png"), full_page=True)
+            assert overlays.count() == len(busi) >= 2
+            assert page.locator('img[alt$="overlay"]').count() == 4 * len(busi)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+            assert sum("energy in lesion" in c for c in captions) == 4 * len(busi), captions
+        finally:
+            browser.close()

@@ -12,9 +12,9 @@ from PIL import Image
 
 from medvit.data import get_spec
 from medvit.data.datasets import LayoutError
+from medvit.boundary.manifest import check_manifest
 from medvit.data.manifest import (
     assign_splits,
-    check_manifest,
     manifest_hash,
     prepare_manifest,
     read_manifest,
@@ -265,7 +265,7 @@ def test_check_manifest_reports_changes(tmp_path):
     frame.loc[2, "label"] = 9
     frame.to_csv(result.manifest, index=False)
     problems = " ".join(check_manifest(result.manifest, root=raw, verify_hash=False).problems)
-    assert "more than one split" in problems and "label not in" in problems
+    assert "more than one split" in problems and "row(s) 4 (9) outside 0..2" in problems
 
 
 def _cat_dog(raw: Path) -> Path:

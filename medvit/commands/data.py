@@ -94,7 +94,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from medvit.data.manifest import check_manifest
+    from medvit.boundary.manifest import check_manifest
 
     result = check_manifest(args.check, root=args.root, num_workers=args.workers)
     if result.ok:

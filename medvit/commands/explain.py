@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", help="class to explain, by name or index (default: the predicted class)")
     parser.add_argument("--mask", nargs="+", type=Path, help="lesion mask per image, in the order of the images")
     parser.add_argument(
+        "--label-map", action="store_true", help="the masks are label maps (any non-zero label is lesion); else binary"
+    )
+    parser.add_argument(
+        "--frame", type=int, default=1, help="frame of multi-frame DICOM images, from 1 (default 1)"
+    )
+    parser.add_argument(
         "--top-fraction",
         type=float,
         default=DEFAULT_TOP_FRACTION,
@@ -121,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         top_fraction=args.top_fraction,
         faithfulness=_faithfulness(args),
         sanity=args.sanity,
+        frame=args.frame - 1,
+        label_map=args.label_map,
     )
     for record, folder in zip(batch.records, batch.folders):
         print(f"{record['image']}: {record['target']['name']} p={record['target']['probability']:.3f} -> {folder}")

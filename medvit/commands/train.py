@@ -36,6 +36,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.out is None:
+        from medvit.reporting.external import default_evaluation
+
+        args.manifest, args.root, args.out = default_evaluation(args.run, args.manifest, args.root, args.split, args.report)
     if args.out is not None and args.out.suffix.lower() != ".csv":
         return _evaluate_into_folder(args)
     if args.report:
@@ -118,8 +122,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, default=None,
-                   help="CSV to write (default RUN/predictions.csv; RUN/predictions_SPLIT.csv for train/val), or "
-                   "a folder DIR for other data: DIR/predictions.csv + DIR/model.json, reported by 'medvit report DIR'")
+                   help="CSV to write, or a folder DIR: DIR/predictions.csv + DIR/model.json, reported by 'medvit report "
+                   "DIR'. Default: the run's own RUN/predictions.csv (RUN/predictions_SPLIT.csv for train/val) while "
+                   "it does not exist; otherwise, and for other data, a new folder RUN/evaluations/MANIFEST_SPLIT/ "
+                   "(a run's own predictions are never overwritten)")
     p.add_argument("--report", action="store_true", help="with --out DIR: also write DIR/report/")
     p.add_argument("--bootstrap", type=int, default=1000, help="with --report: bootstrap resamples")
     p.set_defaults(func=_evaluate)

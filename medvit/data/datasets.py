@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from medvit.errors import UnknownNameError
+from medvit.data.dicom import DICOM_EXTENSIONS
+from medvit.errors import UnknownNameError, UserError
 
 __all__ = [
     "ClinicalQuestion",
@@ -34,11 +35,11 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-"""File name suffixes (lower case) taken for images when scanning a folder."""
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}) | DICOM_EXTENSIONS
+"""File name suffixes (lower case) taken for images when scanning a folder (DICOM: ``.dcm``, ``.dicom``)."""
 
 
-class LayoutError(FileNotFoundError):
+class LayoutError(UserError, FileNotFoundError):
     """A raw folder does not have the layout its dataset expects; the message says what was expected."""
 
 

@@ -1,10 +1,12 @@
 """Reading images and masks as RGB ``uint8`` arrays, with decode validation.
 
 Every image that medvit touches (manifest validation, training, the app, explanations) goes through
-:func:`read_image`, so that grayscale, palette, RGBA, 16-bit and CMYK files become the same
-``(H, W, 3)`` RGB array everywhere. Masks go through :func:`read_mask`: several mask files of one
-image (BUSI's ``_mask``, ``_mask_1``, ``_mask_2``) are merged by union, each binarised with ``> 0``
-after conversion to ``L``.
+:func:`read_image`, so that grayscale, palette, RGBA, 16-bit and CMYK files, and DICOM files
+(:mod:`medvit.data.dicom`), become the same ``(H, W, 3)`` RGB array everywhere. Masks go through
+:func:`read_mask`: several mask files of one image (BUSI's ``_mask``, ``_mask_1``, ``_mask_2``) are
+merged by union, each binarised with ``> 0`` after conversion to ``L``; a mask must be binary (two
+grey levels at most), so that a photograph given as a mask is refused instead of scored, unless it
+is declared a label map (every non-zero label is foreground).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medvit.data.dicom import is_dicom, read_dicom
+from medvit.errors import ImageReadError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MASK_SEPARATOR",
     "ImageReadError",
     "open_image",
     "to_rgb_array",
+    "decoded_size",
     "read_image",
     "read_mask",
     "split_mask_paths",
@@ -37,19 +43,6 @@ MASK_SEPARATOR = ";"
 """Separator of several mask paths in one manifest ``mask`` cell; the masks are merged by union."""
 
 ImageSource = str | Path | bytes
-
-
-class ImageReadError(ValueError):
-    """An image file cannot be used: unreadable, truncated, empty, too large or of an unknown mode.
-
-    Attributes:
-        reason: a short category for reports (``empty file``, ``decompression bomb``, ``truncated or
-            corrupt``, ``not a readable image``, ``unsupported image mode``, ``mask size differs``).
-    """
-
-    def __init__(self, message: str, reason: str = "unreadable image") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def _describe(source: ImageSource) -> str:
@@ -160,17 +153,21 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-def read_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, frame: int = 0) -> np.ndarray:
     """Read an image file (or its bytes) as an RGB ``uint8`` array of shape (H, W, 3).
 
     Args:
-        source: a file path or the encoded bytes (an upload).
+        source: a file path or the encoded bytes (an upload); DICOM files (a ``.dcm`` name or the
+            ``DICM`` marker) are read by :func:`medvit.data.dicom.read_dicom`.
         max_pixels: decompression-bomb guard, see :func:`open_image`.
+        frame: the frame of a multi-frame DICOM file, 0-based (other formats: ignored).
 
     Raises:
         FileNotFoundError: the path does not exist.
         ImageReadError: the file is not a usable image (message says why).
     """
+    if is_dicom(source):
+        return read_dicom(source, frame=frame, max_pixels=max_pixels).rgb
     image = open_image(source, max_pixels=max_pixels)
     try:
         return to_rgb_array(image)
@@ -178,12 +175,33 @@ def read_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         raise ImageReadError(f"{_describe(source)}: {error}", error.reason) from error
 
 
-def _mask_to_binary(image: Image.Image) -> np.ndarray:
+def decoded_size(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(W, H) of an image after decoding it completely (what ``medvit prepare`` checks every file with).
+
+    Raises:
+        FileNotFoundError / ImageReadError: as :func:`read_image`.
+    """
+    if is_dicom(source):
+        height, width = read_dicom(source, max_pixels=max_pixels).rgb.shape[:2]
+        return width, height
+    return open_image(source, max_pixels=max_pixels).size
+
+
+def _mask_to_binary(image: Image.Image, path: str | Path, label_map: bool) -> np.ndarray:
+    """``> 0`` of a mask's grey levels; more than two levels is refused unless ``label_map``."""
     if image.mode.startswith("I") or image.mode == "F":
-        return np.asarray(image) > 0
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
-    return np.asarray(image.convert("L")) > 0
+        levels = np.asarray(image)
+    else:
+        levels = np.asarray((image.convert("RGBA") if image.mode in ("P", "PA") else image).convert("L"))
+    if not label_map:
+        values = np.unique(levels)
+        if values.size > 2:
+            raise ImageReadError(
+                f"{path}: not a binary mask ({values.size} grey levels, e.g. a photograph); a mask holds 0 for "
+                "the background and one value for the lesion: pass the right mask file, or declare label maps",
+                "not a binary mask",
+            )
+    return levels > 0
 
 
 def split_mask_paths(value: str | Sequence[str | Path] | None) -> list[str]:
@@ -201,19 +219,23 @@ def read_mask(
     sources: str | Path | Sequence[str | Path],
     shape: tuple[int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    label_map: bool = False,
 ) -> np.ndarray:
     """Read one or several mask files as one binary ``uint8`` (H, W) array in {0, 1}.
 
     Each file is converted to ``L`` and binarised with ``> 0``; several files are merged by union.
+    A file with more than two grey levels is refused (a photograph is no mask) unless ``label_map``.
 
     Args:
         sources: a path, a ``;``-joined string of paths, or a sequence of paths.
         shape: the (H, W) of the image; required when ``sources`` is empty (an all-zero mask is
             returned) and checked against every mask otherwise.
         max_pixels: decompression-bomb guard, see :func:`open_image`.
+        label_map: the masks are label maps (any number of labels; every non-zero label is foreground).
 
     Raises:
-        ImageReadError: a mask is unreadable or its size differs from ``shape`` or the other masks.
+        ImageReadError: a mask is unreadable, not binary (unless ``label_map``), or its size differs
+            from ``shape`` or the other masks.
         ValueError: no mask path and no ``shape``.
     """
     paths = split_mask_paths(sources if not isinstance(sources, Path) else str(sources))
@@ -223,7 +245,7 @@ def read_mask(
         return np.zeros(shape, dtype=np.uint8)
     merged: np.ndarray | None = None
     for path in paths:
-        binary = _mask_to_binary(open_image(path, max_pixels=max_pixels))
+        binary = _mask_to_binary(open_image(path, max_pixels=max_pixels), path, label_map)
         expected = shape if merged is None else merged.shape
         if expected is not None and tuple(binary.shape) != tuple(expected):
             raise ImageReadError(

@@ -10,7 +10,9 @@ import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 
-from medvit.data.images import MASK_SEPARATOR
+from medvit.boundary.manifest import require_valid_manifest
+from medvit.boundary.paths import contained_path
+from medvit.data.images import MASK_SEPARATOR, split_mask_paths
 from medvit.data.manifest import SPLITS, read_manifest
 from medvit.data.transforms import eval_transforms, train_transforms
 
@@ -28,7 +30,7 @@ def manifest_records(frame: pd.DataFrame, root: str | Path, split: str | None = 
         split: keep only this split (``None``: all rows).
 
     Raises:
-        ValueError: unknown split, or the split is empty.
+        ValueError: unknown split, the split is empty, or a path leaves ``root``.
     """
     root = Path(root)
     if split is not None:
@@ -39,10 +41,12 @@ def manifest_records(frame: pd.DataFrame, root: str | Path, split: str | None = 
             raise ValueError(f"the manifest has no rows in split {split!r}; re-run 'medvit prepare' with --{split} > 0")
     has_mask = "mask" in frame.columns
     records = []
-    for row in frame.itertuples(index=False):
-        record = {"image": str(root / row.image), "label": int(row.label), "path": row.image}
+    for number, row in zip(frame.index, frame.itertuples(index=False)):
+        where = f"manifest row {number + 2}"
+        record = {"image": str(contained_path(root, row.image, where)), "label": int(row.label), "path": row.image}
         if has_mask:
-            record["mask"] = MASK_SEPARATOR.join(str(root / rel) for rel in str(row.mask).split(MASK_SEPARATOR) if rel)
+            masks = split_mask_paths(str(row.mask))
+            record["mask"] = MASK_SEPARATOR.join(str(contained_path(root, rel, where)) for rel in masks)
         records.append(record)
     return records
 
@@ -79,8 +83,12 @@ def create_dataset(
         num_workers: threads that fill the cache.
 
     Raises:
+        ManifestError: a manifest file that fails :func:`medvit.boundary.manifest.check_manifest` (a label
+            out of range, an unknown split, a missing image, ...), before any image is read.
         ValueError: bad or empty split.
     """
+    if not isinstance(manifest, pd.DataFrame):
+        require_valid_manifest(manifest, root)
     frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     records = manifest_records(frame, root, split)
     transform = (

@@ -1,6 +1,7 @@
 """Manifests: validated, seeded, stratified, group-aware splits of a raw dataset folder.
 
-The split assignment itself lives in :mod:`medvit.data.splits`.
+The split assignment itself lives in :mod:`medvit.data.splits`; re-validating a manifest
+(``medvit prepare --check``, and every command before it reads one) in :mod:`medvit.boundary.manifest`.
 
 A manifest is a CSV with columns ``image, label, label_name, group, split`` (+ ``mask`` for datasets
 with masks: ``;``-joined paths merged by union at load time), paths relative to the raw folder.
@@ -15,28 +16,27 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from medvit.data.datasets import IMAGE_EXTENSIONS, ClinicalQuestion, DatasetSpec, RawItem, Rejection, get_spec
-from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, open_image
+from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, decoded_size, read_mask
 from medvit.data.splits import SPLITS, assign_splits, count_table
 from medvit.errors import RunError
 from medvit.hashing import sha256_file
 
 __all__ = [
     "SPLITS",
-    "ManifestCheck",
     "PrepareResult",
     "assign_splits",
-    "check_manifest",
     "count_table",
     "digest_files",
     "manifest_hash",
@@ -85,10 +85,12 @@ def read_manifest(manifest: str | Path) -> pd.DataFrame:
     missing = [column for column in MANIFEST_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{manifest}: missing column(s) {missing}; create the manifest with 'medvit prepare'")
-    try:
-        frame["label"] = frame["label"].astype(np.int64)
-    except ValueError as error:
-        raise ValueError(f"{manifest}: column 'label' must hold integers ({error})") from error
+    labels = pd.to_numeric(frame["label"].str.strip(), errors="coerce")
+    bad = labels.isna() | (labels != labels.round())
+    if bad.any():
+        rows = ", ".join(f"{index + 2} ({frame['label'][index]!r})" for index in frame.index[bad][:5])
+        raise ValueError(f"{manifest}: column 'label' must hold integers; row(s) {rows} do not")
+    frame["label"] = labels.astype(np.int64)
     return frame
 
 
@@ -147,14 +149,13 @@ class PrepareResult:
 def _validate_item(root: Path, item: RawItem, max_pixels: int | None) -> tuple[RawItem | None, list[Rejection]]:
     """Decode the image and its masks; drop unusable masks, reject an unusable image."""
     try:
-        image = open_image(root / item.image, max_pixels=max_pixels)
+        size = decoded_size(root / item.image, max_pixels=max_pixels)
     except (ImageReadError, FileNotFoundError) as error:
         return None, [Rejection(item.image, _reason(error), str(error))]
-    size = image.size
     kept, rejected = [], []
     for mask in item.masks:
         try:
-            mask_size = open_image(root / mask, max_pixels=max_pixels).size
+            mask_size = read_mask(root / mask, max_pixels=max_pixels).shape[::-1]
         except (ImageReadError, FileNotFoundError) as error:
             rejected.append(Rejection(mask, _reason(error), str(error)))
             continue
@@ -165,6 +166,11 @@ def _validate_item(root: Path, item: RawItem, max_pixels: int | None) -> tuple[R
             continue
         kept.append(mask)
     return replace(item, masks=tuple(kept)), rejected
+
+
+def _natural_key(text: str) -> list[tuple[int, int | str]]:
+    """Sort key that orders numbers by value: ``labels.csv:9`` before ``labels.csv:10``."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part]
 
 
 def _reason(error: Exception) -> str:
@@ -356,9 +362,8 @@ def prepare_manifest(
             items.append(item)
     items, duplicate_rejections, duplicate_sets = _resolve_duplicates(items, digests, duplicates, keep_conflicting)
     rejected.extend(duplicate_rejections)
-    rejected_frame = pd.DataFrame(
-        [(r.path, r.reason, r.detail) for r in rejected], columns=["path", "reason", "detail"]
-    ).sort_values(["path", "reason"], kind="stable")
+    rejected = sorted(rejected, key=lambda r: (_natural_key(r.path), r.reason))
+    rejected_frame = pd.DataFrame([(r.path, r.reason, r.detail) for r in rejected], columns=["path", "reason", "detail"])
     _write_csv(rejected_frame, rejected_path(out))
     _log_rejections(rejected)
     if not items:
@@ -430,97 +435,3 @@ def prepare_manifest(
         raw_hash=content_hash,
         rejected_by_reason=info["rejected_by_reason"],
     )
-
-
-# ---------------------------------------------------------------------------------------------- check
-@dataclass
-class ManifestCheck:
-    """Result of :func:`check_manifest`: ``ok`` when ``problems`` is empty."""
-
-    manifest: Path
-    root: Path
-    num_images: int
-    problems: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    modified: list[str] = field(default_factory=list)
-    raw_hash_matches: bool | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _limited(paths: Iterable[str], limit: int = 5) -> str:
-    paths = list(paths)
-    return ", ".join(paths[:limit]) + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
-
-
-def check_manifest(
-    manifest: str | Path,
-    root: str | Path | None = None,
-    verify_hash: bool = True,
-    num_workers: int | None = None,
-) -> ManifestCheck:
-    """Re-validate a manifest: files exist, labels known, no group in two splits, raw content unchanged.
-
-    Args:
-        manifest: the manifest CSV.
-        root: the raw folder (default: the ``raw_dir`` recorded when it was prepared).
-        verify_hash: re-hash the dataset files and compare with the recorded ones (added, removed,
-            modified files are listed).
-        num_workers: threads for hashing.
-
-    Raises:
-        FileNotFoundError: manifest, side JSON or root missing.
-    """
-    manifest = Path(manifest)
-    frame = read_manifest(manifest)
-    info = read_manifest_info(manifest)
-    root = Path(root) if root is not None else Path(info["raw_dir"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: raw folder not found; pass the dataset folder with --root")
-    result = ManifestCheck(manifest, root, len(frame))
-    class_names = list(info["class_names"])
-    missing = [rel for rel in frame["image"] if not (root / rel).is_file()]
-    if "mask" in frame.columns:
-        masks = [rel for cell in frame["mask"] for rel in cell.split(MASK_SEPARATOR) if rel]
-        missing += [rel for rel in masks if not (root / rel).is_file()]
-    if missing:
-        result.problems.append(f"{len(missing)} file(s) missing under {root}: {_limited(missing)}")
-    bad_label = frame[
-        ~frame["label"].between(0, len(class_names) - 1)
-        | (frame["label_name"] != [class_names[i] if 0 <= i < len(class_names) else None for i in frame["label"]])
-    ]
-    if len(bad_label):
-        result.problems.append(
-            f"{len(bad_label)} row(s) with a label not in {class_names}: {_limited(bad_label['image'])}"
-        )
-    bad_split = frame[~frame["split"].isin(SPLITS)]
-    if len(bad_split):
-        result.problems.append(f"{len(bad_split)} row(s) with a split not in {SPLITS}: {_limited(bad_split['image'])}")
-    crossing = frame.groupby("group")["split"].nunique()
-    crossing = sorted(crossing[crossing > 1].index)
-    if crossing:
-        result.problems.append(f"{len(crossing)} group(s) in more than one split: {_limited(crossing)}")
-    if verify_hash:
-        spec = get_spec(info["dataset"])
-        scan = spec.scan(root)
-        digests = digest_files(root, scan.files, num_workers)
-        recorded: dict[str, str] = info.get("files", {})
-        result.added = sorted(set(digests) - set(recorded))
-        result.removed = sorted(set(recorded) - set(digests))
-        result.modified = sorted(
-            rel for rel in set(digests) & set(recorded) if digests[rel][: len(recorded[rel])] != recorded[rel]
-        )
-        result.raw_hash_matches = raw_hash(digests) == info.get("raw_hash")
-        if not result.raw_hash_matches:
-            result.problems.append(
-                f"raw content changed since prepare: {len(result.added)} added ({_limited(result.added)}), "
-                f"{len(result.removed)} removed ({_limited(result.removed)}), "
-                f"{len(result.modified)} modified ({_limited(result.modified)}); re-run 'medvit prepare' "
-                "or restore the files"
-            )
-    for problem in result.problems:
-        _logger.warning("%s: %s", manifest, problem)
-    return result

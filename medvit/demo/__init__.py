@@ -17,6 +17,7 @@ The page (``medvit/demo/streamlit_app.py``, run by ``streamlit run``) is widgets
 
 from medvit.demo.card import ModelCard, demo_models_markdown, load_model_card, model_family
 from medvit.demo.catalog import RunEntry, default_run, discover_runs
+from medvit.demo.compare import MAX_COMPARED, MIN_COMPARED, check_comparison, comparison_table
 from medvit.demo.explanation import (
     DemoModel,
     Explanation,
@@ -36,12 +37,18 @@ from medvit.demo.uploads import (
     UPLOAD_FORMATS,
     UPLOAD_TYPES,
     Sample,
+    Upload,
     load_samples,
+    open_upload,
     read_upload,
 )
 
 __all__ = [
     "PAGE_SCRIPT",
+    "MAX_COMPARED",
+    "MIN_COMPARED",
+    "check_comparison",
+    "comparison_table",
     "MAX_UPLOAD_BYTES",
     "MAX_IMAGE_PIXELS",
     "TRANSFER_LIMIT_BYTES",
@@ -55,7 +62,9 @@ __all__ = [
     "ModelCard",
     "discover_runs",
     "default_run",
+    "Upload",
     "load_samples",
+    "open_upload",
     "read_upload",
     "load_demo_model",
     "explain_image",

@@ -232,7 +232,7 @@ def remeasure_stored_weights(out_dir: str | Path, device: str = "auto") -> None:
     out_dir = Path(out_dir)
     config = read_config(out_dir)
     for split in ("val", str(config.get("eval_split", "test"))):
-        evaluate_run(out_dir, split=split, device=device)
+        evaluate_run(out_dir, split=split, device=device, replace=True)  # the copied float-weight predictions
     calibrate_run(out_dir, device=device)
     write_report(out_dir, split=str(config.get("eval_split", "test")), n_bootstrap=int(config.get("n_bootstrap", 1000)),
                  seed=int(config.get("seed", 0)))
@@ -245,8 +245,7 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
     written by :func:`remeasure_stored_weights`); ``selection.json`` of every model records whether
     it is the default and the score that decided. Returns ``{dataset: model folder name}``.
     """
-    import pandas as pd
-
+    from medvit.boundary.predictions import read_predictions_file
     from medvit.metrics import compute_metrics
 
     scores: dict[str, list[tuple[float, Path]]] = {}
@@ -254,8 +253,8 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
         if not (folder / SELECTION_JSON).is_file():
             continue
         info = read_model_info(folder)
-        frame = pd.read_csv(folder / predictions_filename("val"))
         names = [str(c) for c in info["class_names"]]
+        frame = read_predictions_file(folder / predictions_filename("val"), names)
         probs = frame[[f"prob_{c}" for c in names]].to_numpy()
         summary = compute_metrics(frame["label"].to_numpy(), probs, names, bool(info.get("is_ordinal")), n_bootstrap=0).summary()
         scores.setdefault(str(info.get("dataset", "")), []).append((float(summary[metric]), folder))

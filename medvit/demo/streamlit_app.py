@@ -44,6 +44,7 @@ DATASET_TITLES = {
     "eyepacs": "Fundus, diabetic retinopathy (EyePACS)",
 }
 INPUT_SAMPLE, INPUT_UPLOAD = "Bundled sample", "Upload an image"
+MODE_EXPLAIN, MODE_COMPARE = "Explain one model", "Compare models"
 PREDICTED = "predicted class"
 LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError)
 
@@ -142,11 +143,17 @@ def choose_input(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None, st
         st.info("Upload an image to explain it.")
         return None, None, "", None
     try:
-        rgb = demo.read_upload(uploaded.getvalue(), uploaded.name)
+        upload = demo.open_upload(uploaded.getvalue(), uploaded.name)
+        if upload.num_frames > 1:
+            frame = st.slider("Frame", 1, upload.num_frames, 1, key=f"frame-{uploaded.file_id}")
+            if frame != 1:
+                upload = demo.open_upload(uploaded.getvalue(), uploaded.name, frame=frame - 1)
     except ValueError as error:
         st.error(f"Cannot use this upload: {error}")
         return None, None, uploaded.name, None
-    return rgb, None, uploaded.name, None
+    if upload.is_dicom:  # modality, size and frame only: never the patient's name, ID or dates
+        st.caption(upload.summary)
+    return upload.rgb, None, uploaded.name, None
 
 
 def show_prediction(explanation: demo.Explanation, sample: demo.Sample | None) -> None:
@@ -319,6 +326,73 @@ def show_model_card(entry: demo.RunEntry) -> None:
             st.table(pd.DataFrame(list(card.clinical.items()), columns=["what", "test set"]).set_index("what"))
 
 
+def _entry_label(entry: demo.RunEntry) -> str:
+    return f"{entry.label} · {entry.model_name or '?'}" + (" · default" if entry.is_default else "")
+
+
+def _image_key(rgb: np.ndarray, mask: np.ndarray | None) -> str:
+    key = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+    if mask is not None:
+        key += hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()[:16]
+    return key
+
+
+def compare_page(entries: list[demo.RunEntry]) -> None:
+    """Two to four models of one dataset on the same image: one row per model (probabilities, stage CAMs)."""
+    datasets = list(dict.fromkeys(e.dataset for e in entries))
+    dataset = st.sidebar.selectbox(
+        "Dataset", datasets, format_func=lambda d: DATASET_TITLES.get(d, d or "unknown"), key="cmp-dataset"
+    )
+    runs = sorted((e for e in entries if e.dataset == dataset), key=lambda e: not e.is_default)
+    chosen = st.sidebar.multiselect(
+        f"Models to compare ({demo.MIN_COMPARED}-{demo.MAX_COMPARED})",
+        runs,
+        default=runs[: demo.MAX_COMPARED],
+        format_func=_entry_label,
+        max_selections=demo.MAX_COMPARED,
+        key=f"cmp-runs-{dataset}",
+        help="Embedded demo models and the run directories under the runs folder (e.g. a medvit study).",
+    )
+    method = st.sidebar.selectbox("CAM method", list(CAM_METHODS), key="cmp-method")
+    alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="cmp-alpha")
+    st.sidebar.caption("Research use only — not for diagnosis.")
+    try:
+        demo.check_comparison(chosen)
+    except ValueError as error:
+        st.info(f"Compare models: {error}.")
+        return
+    rgb, mask, name, sample = choose_input(dataset)
+    if rgb is None:
+        return
+    image_key = _image_key(rgb, mask)
+    explanations: dict[str, demo.Explanation] = {}
+    for entry in chosen:
+        try:
+            model = get_model(str(entry.path), _weights_mtime(entry.path))
+            explanations[_entry_label(entry)] = get_explanation(
+                model, f"{entry.path}:{_weights_mtime(entry.path)}", image_key, rgb, method, None, mask, False
+            )
+        except LOAD_ERRORS as error:
+            st.error(f"{entry.path} cannot explain {name}: {error}")
+    if not explanations:
+        return
+    st.subheader(f"{method} of each model's predicted class at the four pyramid stages")
+    for label, explanation in explanations.items():
+        names = explanation.class_names
+        top = explanation.predicted
+        st.markdown(f"**{label}**: {names[top]} (p = {explanation.probabilities[top]:.2f})")
+        columns = st.columns([1.3, 1, 1, 1, 1])
+        probabilities = pd.DataFrame({"class": names, "probability": explanation.probabilities})
+        columns[0].dataframe(probabilities, hide_index=True, key=f"cmp-probs-{label}")
+        for column, view, overlay in zip(columns[1:], explanation.stages, demo.overlay_stages(explanation, alpha)):
+            caption = view.caption
+            if view.localization is not None and view.localization.get("energy") is not None:
+                caption += f" · energy in lesion {view.localization['energy']:.2f}"
+            column.image(overlay, caption=caption, alt=f"{label} stage {view.index + 1} overlay", width="stretch")
+    st.markdown("**Side by side**" + (" (CAM energy inside the lesion mask per stage)" if mask is not None else ""))
+    st.dataframe(demo.comparison_table(explanations), hide_index=True, key="cmp-table")
+
+
 def main() -> None:
     """The page."""
     st.set_page_config(page_title="medvit: pyramid-stage Grad-CAM", layout="wide")
@@ -333,6 +407,9 @@ def main() -> None:
             f"No model found: {EMBEDDED_DIR} has no embedded demo models and {runs_dir!r} no run directories. "
             "Create them with `make demo-models` or train one with `medvit train`."
         )
+        return
+    if st.sidebar.radio("Mode", [MODE_EXPLAIN, MODE_COMPARE], horizontal=True, key="mode") == MODE_COMPARE:
+        compare_page(entries)
         return
     entry, method, alpha = sidebar_model(entries)
     model = None
@@ -353,9 +430,7 @@ def main() -> None:
     rgb, mask, name, sample = choose_input(entry.dataset)
     if model is not None and rgb is not None:
         target = None if target_name == PREDICTED else class_names.index(target_name)
-        image_key = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
-        if mask is not None:
-            image_key += hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()[:16]
+        image_key = _image_key(rgb, mask)
         try:
             explanation = get_explanation(
                 model, f"{entry.path}:{_weights_mtime(entry.path)}", image_key, rgb, method, target, mask, faithfulness

@@ -70,12 +70,30 @@ class ExplainBatch:
         return not self.failures
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
+def _explained_image(folder: Path) -> str | None:
+    """The image an existing explanation folder was made from (``None``: no readable record)."""
+    try:
+        return str(json.loads((folder / EXPLANATION_JSON).read_text()).get("image"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _unique_stems(paths: Sequence[Path], out: Path | None = None) -> list[str]:
+    """One folder name per image: its stem, with ``_2``, ``_3`` ... for a stem already taken in this
+    batch or by an earlier explanation of another file in ``out`` (``d1/img.png`` then ``d2/img.png``).
+    A folder of the same file is reused (explaining it again replaces it)."""
     stems: list[str] = []
     for path in paths:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("_.") or "image"
         candidate, k = stem, 2
-        while candidate in stems:
+
+        def taken(name: str) -> bool:
+            if name in stems:
+                return True
+            folder = out / name if out is not None else None
+            return folder is not None and folder.exists() and _explained_image(folder) != str(path)
+
+        while taken(candidate):
             candidate, k = f"{stem}_{k}", k + 1
         stems.append(candidate)
     return stems
@@ -147,6 +165,8 @@ def explain_images(
     alpha: float = 0.5,
     faithfulness: FaithfulnessConfig | bool | None = None,
     sanity: bool = False,
+    frame: int = 0,
+    label_map: bool = False,
 ) -> ExplainBatch:
     """Explain images with a run's model: one folder per image (see the module docstring).
 
@@ -167,6 +187,8 @@ def explain_images(
         faithfulness: True or a :class:`FaithfulnessConfig`: per-stage ROAD and deletion/insertion
             scores in the JSON and ``curves.png``.
         sanity: Add the per-stage model-randomisation check to the JSON.
+        frame: The frame of multi-frame DICOM images, 0-based (nothing of a DICOM header is written).
+        label_map: The masks are label maps (every non-zero label is lesion); else a mask must be binary.
 
     Returns:
         :class:`ExplainBatch` with the JSON records and folders written and the failures.
@@ -191,14 +213,14 @@ def explain_images(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     batch = ExplainBatch()
-    for index, (path, stem) in enumerate(zip(image_paths, _unique_stems(image_paths))):
+    for index, (path, stem) in enumerate(zip(image_paths, _unique_stems(image_paths, out))):
         mask_path = mask_paths[index] if mask_paths is not None else None
         try:
             for file in (path, mask_path):
                 if file is not None and not file.is_file():
                     raise FileNotFoundError(f"{file}: no such file")
-            rgb = read_image(path)
-            mask = read_mask(mask_path, shape=rgb.shape[:2]) if mask_path is not None else None
+            rgb = read_image(path, frame=frame)
+            mask = read_mask(mask_path, shape=rgb.shape[:2], label_map=label_map) if mask_path is not None else None
             explanation = explain(
                 run,
                 rgb,

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file
 from timm.layers import trunc_normal_
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
+from medvit.boundary.weights import read_safetensors
 from medvit.hashing import sha256_file  # re-exported: medvit.models.sha256_file
 from medvit.models import efficientnet_lite
 
@@ -121,7 +121,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: checkpoint not found; pass an existing .safetensors or .pth file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        state: Any = load_file(str(path), device="cpu")
+        state: Any = read_safetensors(path, fix="pass a complete weights file (re-copy or re-export it)")[0]
     elif suffix in _PICKLE_SUFFIXES:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

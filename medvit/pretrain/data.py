@@ -18,6 +18,7 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, RandFlipd, RandScaleCropd
 
+from medvit.boundary.manifest import require_valid_manifest
 from medvit.data.manifest import manifest_hash, read_manifest, read_manifest_info
 from medvit.data.transforms import LoadRGBImaged, RandColorJitterd, Resize2dd
 from medvit.pretrain.config import DataSource
@@ -80,6 +81,7 @@ def load_pool(
                 f"config key 'data': root {root} of {manifest} is not a directory; "
                 f"fix it in the YAML or with --set data.N.root=DIR"
             )
+        require_valid_manifest(manifest, root)  # the checks of 'medvit prepare --check', before any image is read
         frame = read_manifest(manifest)
         train = frame[frame["split"] == "train"]
         if train.empty:
@@ -92,7 +94,7 @@ def load_pool(
             "dataset": str(side.get("dataset", manifest.stem)),
             "train_images": int(len(train)),
         })
-        rows = [{"image": str(root / rel), "path": str(root / rel)} for rel in train["image"]]
+        rows = [{"image": str(root / rel), "path": str(root / rel)} for rel in train["image"]]  # contained: checked above
         records.append(_subset(rows, max_per_source, np.random.default_rng([seed, len(records)])))
     total = sum(len(r) for r in records)
     if max_images is not None and max_images < total:

@@ -40,7 +40,15 @@ from medvit.pretrain.losses import PretrainLoss
 from medvit.pretrain.teacher import TeacherSource, load_teacher
 from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, MODEL_JSON, atomic_write_text, load_run_weights, save_run_weights
 from medvit.train.acceleration import TrainStep, resolve_precision, train_autocast
-from medvit.train.checkpoint import commit_checkpoint, recover_checkpoint, rng_state, seed_epoch, set_rng_state
+from medvit.train.checkpoint import (
+    clean_interrupted_writes,
+    commit_checkpoint,
+    recover_checkpoint,
+    rng_state,
+    seed_epoch,
+    set_rng_state,
+    try_recover_checkpoint,
+)
 from medvit.train.distributed import DistContext
 from medvit.train.sampling import build_loader
 
@@ -161,28 +169,64 @@ def pretrain(cfg: PretrainConfig | None, out_dir: str | Path, resume: bool = Fal
         cfg = pretrain_config_from_dict(yaml.safe_load(config_path.read_text()))
     elif cfg is None:
         raise ValueError("pretrain needs a config (or resume=True to continue a run)")
-    elif (out / MODEL_JSON).exists() or (out / LAST_STATE).exists():
+    elif (out / PRETRAIN_WEIGHTS).exists() or (
+        (out / LAST_STATE).exists() and try_recover_checkpoint(out, finish_commit=False) is not None
+    ):
         raise ValueError(f"{out} already holds a run; continue it with --resume or choose another --out")
     ctx = DistContext.from_env(cfg.device)
     try:
         if ctx.is_distributed:
             raise ValueError("medvit pretrain runs in one process (CPU or one GPU); start it without torchrun")
+        _check_before_writing(cfg)  # a bad image_size or teacher leaves no folder behind
         out.mkdir(parents=True, exist_ok=True)
+        clean_interrupted_writes(out)
         with _log_to(out / TRAIN_LOG):
             return _pretrain(cfg, out, resume, ctx.device)
     finally:
         ctx.close()
 
 
-def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device) -> PretrainResult:
-    from timm.data import resolve_model_data_config
-
-    from medvit.models import create_model, get_model_info
+def _student_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    from medvit.models import get_model_info
 
     student_kwargs = dict(cfg.student_kwargs)
     info = get_model_info(cfg.student)
     if info is not None and info.takes_img_size:
         student_kwargs.setdefault("img_size", list(cfg.image_size))
+    return student_kwargs
+
+
+@torch.no_grad()
+def _check_before_writing(cfg: PretrainConfig) -> None:
+    """What can be checked before the run folder exists: the teacher run's description, and one forward
+    pass of the student at ``image_size`` on the CPU (a size it cannot take fails here, not in epoch 1).
+
+    Raises:
+        ValueError: the teacher is not a fine-tuned run, or the student refuses the size (the config key is named).
+    """
+    from medvit.models import create_model
+    from medvit.pretrain.config import TEACHERS
+    from medvit.run_dir import read_model_info
+
+    if cfg.teacher not in TEACHERS:
+        try:
+            read_model_info(cfg.teacher)
+        except ValueError as error:
+            raise ValueError(f"config key 'teacher': {error}") from error
+
+    student = create_model(cfg.student, num_classes=0, **_student_kwargs(cfg)).eval()
+    try:
+        student(torch.zeros(1, 3, *cfg.image_size))
+    except (ValueError, RuntimeError, AssertionError) as error:
+        raise ValueError(f"config key 'image_size' = {list(cfg.image_size)}: {error}") from error
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device) -> PretrainResult:
+    from timm.data import resolve_model_data_config
+
+    from medvit.models import create_model
+
+    student_kwargs = _student_kwargs(cfg)
     data_cfg = resolve_model_data_config(create_model(cfg.student, num_classes=0, **student_kwargs))
     mean, std = [float(m) for m in data_cfg["mean"]], [float(s) for s in data_cfg["std"]]
     teacher, teacher_source = load_teacher(cfg.teacher, mean, std)
@@ -220,7 +264,10 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         history = [dict(row) for row in state["history"]]
         set_rng_state(state["rng"])
         save_run_weights(backbone_state_dict(student), out / PRETRAIN_WEIGHTS)  # in step with last.safetensors
-        _logger.info("resuming %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
+        if start_epoch >= cfg.epochs:
+            _logger.info("%s already finished (%d epochs); nothing to train", out, start_epoch)
+        else:
+            _logger.info("resuming %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
     else:
         atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(pretrain_config_to_dict(cfg), sort_keys=False))
         atomic_write_text(

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from medvit.boundary.predictions import read_predictions_file
 from medvit.metrics.calibration import apply_temperature, fit_temperature, nll
 from medvit.metrics.conformal import conformal_quantile
 from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
@@ -125,16 +126,18 @@ def calibrate_run(
     info = read_model_info(run_dir)
     class_names = [str(c) for c in info["class_names"]]
     val_path = _ensure_val_predictions(run_dir, device)
-    val = pd.read_csv(val_path)
+    val = read_predictions_file(val_path, class_names, fix=f"delete it and run 'medvit calibrate {run_dir}' again")
+    frames = {
+        path: read_predictions_file(path, class_names)
+        for path in (run_dir / predictions_filename(split) for split in ("test", "val", "train"))
+        if path.is_file()
+    }  # every file checked before model.json or any file is rewritten
     info["calibration"] = fit_calibration(val, info, alpha, method, sensitivities)
     if "questions" not in info:
         info["questions"] = [{"name": q["name"], "positive_classes": q["positive_classes"]} for q in info["calibration"]["questions"]]
     atomic_write_text(run_dir / MODEL_JSON, json.dumps(info, indent=2))
-    for split in ("test", "val", "train"):
-        path = run_dir / predictions_filename(split)
-        if path.is_file():
-            frame = pd.read_csv(path)
-            _write_frame(path, calibrate_frame(frame, class_names, info))
+    for path, frame in frames.items():
+        _write_frame(path, calibrate_frame(frame, class_names, info))
     record = info["calibration"]
     _logger.info(
         "%s: T = %.4f (val NLL %.4f -> %.4f), conformal q = %s", run_dir, record["temperature"],

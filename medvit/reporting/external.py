@@ -15,22 +15,21 @@ from typing import Any, Mapping
 
 from medvit.run_dir import MODEL_JSON, PREDICTIONS_CSV, atomic_write_text, read_model_info
 
-__all__ = ["check_external_classes", "evaluate_external", "external_markdown", "external_record", "with_external_notice"]
+__all__ = [
+    "EVALUATIONS_DIR",
+    "check_external_classes",
+    "evaluate_external",
+    "evaluation_dir",
+    "external_markdown",
+    "external_record",
+    "with_external_notice",
+]
 
 _logger = logging.getLogger(__name__)
 
 
-def _manifest_classes(manifest: Path) -> tuple[list[str], str]:
-    """Class names (label order) and dataset kind of a manifest, from its side JSON or its rows."""
-    from medvit.data.manifest import manifest_info_path, read_manifest, read_manifest_info
-
-    if manifest_info_path(manifest).is_file():
-        side = read_manifest_info(manifest)
-        if side.get("class_names"):
-            return [str(c) for c in side["class_names"]], str(side.get("dataset", "folder"))
-    frame = read_manifest(manifest)
-    pairs = frame[["label", "label_name"]].drop_duplicates().astype({"label": int}).sort_values("label")
-    return [str(n) for n in pairs["label_name"]], "unknown"
+EVALUATIONS_DIR = "evaluations"
+"""Where ``medvit evaluate RUN`` writes, inside the run, whatever is not the run's own prediction file."""
 
 
 def check_external_classes(info: Mapping[str, Any], manifest: str | Path) -> tuple[list[str], str]:
@@ -38,17 +37,46 @@ def check_external_classes(info: Mapping[str, Any], manifest: str | Path) -> tup
 
     Raises:
         FileNotFoundError: no such manifest.
-        ValueError: the classes (or their order) differ from the run's; the message names both lists.
+        ManifestError: the classes (or their order) differ from the run's; the message names both lists.
     """
+    from medvit.boundary.manifest import require_same_classes
+    from medvit.data.manifest import manifest_info_path, read_manifest_info
+
     manifest = Path(manifest)
-    classes, dataset = _manifest_classes(manifest)
-    run_classes = [str(c) for c in info["class_names"]]
-    if classes != run_classes:
-        raise ValueError(
-            f"{manifest}: classes {classes} differ from the run's {run_classes}; external data must have the same "
-            "classes in the same order (prepare it with folders named like the run's classes)"
-        )
-    return classes, dataset
+    classes = require_same_classes(manifest, info["class_names"])
+    side = read_manifest_info(manifest) if manifest_info_path(manifest).is_file() else {}
+    return classes, str(side.get("dataset", "unknown"))
+
+
+def default_evaluation(
+    run_dir: str | Path, manifest: str | Path | None, root: str | Path | None, split: str, folder: bool = False
+) -> tuple[Path | None, Path | None, Path | None]:
+    """Where ``medvit evaluate RUN`` writes without ``--out``: ``(manifest, root, out)``.
+
+    The run's own ``predictions*.csv`` (``out`` ``None``) only for the run's own manifest while that
+    file does not exist; otherwise (other data, an existing file, or ``folder``: a report is asked) a
+    new :func:`evaluation_dir`, with the manifest and root defaulting to the run's.
+    """
+    from medvit.run_dir import predictions_filename, read_config
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    own_manifest = config.get("manifest")
+    is_own_data = manifest is None or bool(own_manifest and Path(manifest).resolve() == Path(own_manifest).resolve())
+    manifest = Path(manifest) if manifest else (Path(own_manifest) if own_manifest else None)
+    root = Path(root) if root else (Path(config["root"]) if config.get("root") else None)
+    if manifest is None or (is_own_data and not folder and not (run_dir / predictions_filename(split)).exists()):
+        return manifest, root, None
+    return manifest, root, evaluation_dir(run_dir, manifest, split)
+
+
+def evaluation_dir(run_dir: str | Path, manifest: str | Path, split: str) -> Path:
+    """A new folder ``RUN/evaluations/<manifest>_<split>[_N]`` beside the run's own predictions."""
+    base = Path(run_dir) / EVALUATIONS_DIR / f"{Path(manifest).stem}_{split}"
+    folder, number = base, 2
+    while folder.exists():
+        folder, number = base.with_name(f"{base.name}_{number}"), number + 1
+    return folder
 
 
 def external_record(info: Mapping[str, Any], manifest: str | Path, root: str | Path, split: str, n_images: int) -> dict[str, Any]:
@@ -144,7 +172,7 @@ def evaluate_external(
     info = prepare_external_dir(run_dir, out_dir, manifest)
     path = evaluate_run(run_dir, manifest=manifest, root=root, split=split, batch_size=batch_size, device=device,
                         out=out_dir / PREDICTIONS_CSV)
-    n_images = len(pd.read_csv(path))
+    n_images = len(pd.read_csv(path, usecols=["image"]))
     record = external_record(info, manifest, root, split, n_images)
     write_external_info(out_dir, info, record, run_dir)
     _logger.info("%s: %d images of %s (%s)", out_dir, n_images, manifest, record["dataset"])

@@ -47,7 +47,9 @@ def clinical_section(
     val = None
     val_path = run_dir / predictions_filename("val")
     if not info.get("calibration") and not external and val_path.is_file():
-        val = pd.read_csv(val_path)
+        from medvit.boundary.predictions import read_predictions_file
+
+        val = read_predictions_file(val_path, [str(c) for c in info["class_names"]])
     manifest = external.get("manifest") or info.get("manifest")
     subgroups = subgroup_frame(predictions, manifest, _subgroup_columns(info, manifest))
     summary = clinical_summary(info, predictions, out_dir, val=val, subgroups=subgroups, n_bootstrap=n_bootstrap, seed=seed)

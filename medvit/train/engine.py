@@ -31,6 +31,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from medvit.errors import RunError
 from medvit.run_dir import (
     BEST_WEIGHTS,
     CONFIG_YAML,
@@ -76,7 +77,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The training loss became NaN or infinite."""
 
 
@@ -315,9 +316,10 @@ class _Trainer:
         state = TrainState().load_state_dict(state_dict)
         if self.ctx.is_main:  # the rows of every committed epoch, whatever the kill interrupted
             write_metrics_csv(self.out / METRICS_CSV, state.history)
-        self.log("resuming %s at epoch %d/%d", self.out, state.next_epoch + 1, self.cfg.epochs)
-        if state.finished:
+        if state.finished or state.next_epoch >= self.cfg.epochs:
             self.log("%s already finished; re-running the final evaluation only", self.out)
+        else:
+            self.log("resuming %s at epoch %d/%d", self.out, state.next_epoch + 1, self.cfg.epochs)
         return state
 
     # -- the loop -------------------------------------------------------------------------------
