@@ -26,7 +26,8 @@ import torch
 
 from medvit.report import compare_runs
 from medvit.run_dir import LAST_STATE, MODEL_JSON
-from medvit.train import load_config, train
+from medvit.train import load_config
+from medvit.workflows import train_run
 
 _logger = logging.getLogger("medvit.run_grid")
 
@@ -55,9 +56,9 @@ def _train_one(config: Path, overrides: Sequence[str], run_dir: Path, resume: bo
             command += ["--config", str(config)] + [arg for item in overrides for arg in ("--set", item)]
         subprocess.run(command, check=True)
     elif resume:
-        train(None, run_dir, resume=True)
+        train_run(None, run_dir, resume=True)
     else:
-        train(load_config(config, overrides), run_dir)
+        train_run(load_config(config, overrides), run_dir)
 
 
 def run_grid(configs: Sequence[Path], out: Path, overrides: Sequence[str] = (), nproc: int = 1) -> dict[str, Path]:

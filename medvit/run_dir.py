@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -48,7 +49,9 @@ __all__ = [
     "predictions_filename",
     "write_metrics_csv",
     "read_metrics",
+    "DEFAULT_MONITORED_METRIC",
     "kept_epoch",
+    "metric_improves",
     "monitored_metric",
     "training_seconds",
     "split_sizes",
@@ -273,37 +276,48 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+DEFAULT_MONITORED_METRIC = "val_balanced_accuracy"
+"""The validation metric that chooses a run's kept epoch when its config names none (the engine's default)."""
+
+
+def metric_improves(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (``None``: nothing yet): the rule that keeps an epoch.
+
+    Losses (a name ending in ``loss``) are minimised, every other metric maximised; NaN never improves,
+    ties do not.
+    """
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best if metric.endswith("loss") else value > best
+
+
 def kept_epoch(history: Sequence[Mapping[str, float]], metric: str = "val_loss") -> int:
     """Index (0-based) of the epoch whose weights ``best.safetensors`` holds, from :func:`read_metrics`.
 
-    The engine's rule (:meth:`medvit.train.config.EarlyStoppingConfig.improves`): the first epoch that
-    improves ``metric`` is kept (losses are minimised, NaN or a missing value never improves); the last
+    The engine's rule (:func:`metric_improves`): the first epoch that improves ``metric`` is kept (losses are minimised, NaN or a missing value never improves); the last
     epoch when none did.
 
     Raises:
         ValueError: the history is empty.
         KeyError: ``metric`` is not a column of the history.
     """
-    from medvit.train.config import EarlyStoppingConfig  # function level: medvit.train imports this module
-
     if not history:
         raise ValueError("the training history (metrics.csv) has no epochs; train the run first")
     if not any(metric in row for row in history):
         raise UnknownNameError(f"no column {metric!r} in metrics.csv; logged: {', '.join(history[0])}")
-    monitor = EarlyStoppingConfig(metric=metric)
     best, kept = None, len(history) - 1
     for index, row in enumerate(history):
         value = row.get(metric, float("nan"))
-        if monitor.improves(value, best):
+        if metric_improves(metric, value, best):
             best, kept = value, index
     return kept
 
 
 def monitored_metric(config: Mapping[str, Any]) -> str:
     """The ``early_stopping.metric`` of a run's config, which chose its kept epoch (the engine's default if unset)."""
-    from medvit.train.config import EarlyStoppingConfig  # function level: medvit.train imports this module
-
-    return str((config.get("early_stopping") or {}).get("metric", EarlyStoppingConfig().metric))
+    return str((config.get("early_stopping") or {}).get("metric", DEFAULT_MONITORED_METRIC))
 
 
 def training_seconds(history: Sequence[Mapping[str, float]]) -> float | None:

@@ -10,7 +10,7 @@ Shared fixtures (session-scoped: built once per test session; treat what they re
   tiny VVT on ``synthetic_busi`` at 32x32 on the CPU (what ``medvit train`` reads from YAML).
 * ``one_thread``: run the test with one intra-op thread (results bitwise comparable with the
   one-thread subprocesses of the resume/DDP tests; use with ``pytest.mark.usefixtures``).
-* ``tiny_run``: one run directory trained with ``tiny_train_config(image_size=64)`` (every run file
+* ``tiny_run``: one run directory of ``medvit train``'s workflow on ``tiny_train_config(image_size=64)`` (every run file
   and ``report/``; 3 classes ``benign, malignant, normal``; 64x64, so the stride-32 stage is 2x2).
 """
 
@@ -94,9 +94,9 @@ def tiny_train_config(synthetic_busi: dict[str, str], tiny_vvt_kwargs: dict) -> 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_train_config: Callable[..., dict]) -> Path:
     """A run directory trained once with ``tiny_train_config(image_size=64)``; copy it before changing it."""
-    from medvit.train import train
     from medvit.train.config import config_from_dict
+    from medvit.workflows import train_run
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    train(config_from_dict(tiny_train_config(image_size=64)), run)
+    train_run(config_from_dict(tiny_train_config(image_size=64)), run)
     return run

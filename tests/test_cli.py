@@ -33,7 +33,7 @@ def test_every_command_module_registers_commands() -> None:
         sub = argparse.ArgumentParser().add_subparsers()
         importlib.import_module(f"medvit.commands.{name}").register(sub)
         assert sub.choices and set(sub.choices) <= set(COMMANDS), f"medvit.commands.{name}: {sorted(sub.choices)}"
-    assert {"calibrate", "pretrain", "demo-defaults", "train", "explain"} <= set(COMMANDS)
+    assert {"calibrate", "pretrain", "demo-defaults", "study", "train", "explain"} <= set(COMMANDS)
 
 
 def test_help_of_every_command_imports_no_torch() -> None:

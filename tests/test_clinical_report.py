@@ -10,7 +10,7 @@ import pytest
 from medvit.metrics.calibration import nll
 from medvit.report import write_report
 from medvit.reporting.calibrate import calibrate_run
-from medvit.reporting.probabilities import calibrate_frame, unscaled_probabilities
+from medvit.train.probabilities import calibrate_frame, unscaled_probabilities
 from medvit.reporting.external import check_external_classes, external_markdown, external_record
 
 CLASSES = ["benign", "malignant", "normal"]

@@ -1,4 +1,8 @@
-"""The package layout: no import circle between ``medvit`` modules, counting function-level imports.
+"""The package layout: the layers of DESIGN.md, and no import circle between ``medvit`` modules.
+
+Both count function-level imports: a lower layer never imports a higher one, at module level or inside a
+function. :data:`LAYERS` lists the packages bottom to top; a package may import any package of a lower
+layer, and a package of its own layer only along an edge of :data:`SIDEWAYS`; any other edge fails.
 
 The graph is read from the source with :mod:`ast` (nothing is imported): every ``import`` and
 ``from ... import`` anywhere in a module (module level, functions, methods) is an edge, plus the
@@ -16,6 +20,30 @@ from pathlib import Path
 import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "medvit"
+
+# Bottom to top (DESIGN.md "Inside medvit/, by layer"); a top-level module (run_dir.py, cli.py) is its own package.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("base", {"medvit", "errors", "hashing", "assets"}),
+    ("metrics", {"metrics"}),
+    ("inputs", {"models", "data", "boundary"}),
+    ("runs", {"run_dir"}),
+    ("training", {"train", "pretrain", "explain"}),
+    ("reporting", {"reporting", "report"}),
+    ("workflows", {"workflows", "study"}),
+    ("interfaces", {"demo", "commands", "cli"}),
+]
+# Edges inside one layer. data <-> boundary is the one package pair that imports both ways (no module does:
+# boundary.manifest reads data's manifests, data.loaders validates through boundary.manifest; test_no_import_cycle).
+SIDEWAYS = {
+    ("models", "boundary"),  # checkpoints read weights through boundary.weights
+    ("data", "boundary"),  # loaders.create_dataset validates its manifest
+    ("boundary", "data"),  # boundary.manifest reads manifests and dataset specs
+    ("pretrain", "train"),  # the shared training step, config readers and checkpoints
+    ("report", "reporting"),  # the run report embeds the clinical sections
+    ("study", "workflows"),  # a study cell is an ordinary train_run
+    ("cli", "commands"),
+    ("commands", "demo"),
+}
 
 
 def _module_name(path: Path) -> str:
@@ -124,3 +152,53 @@ def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     if cycle is not None:
         pytest.fail("import circle (function-level imports count): " + " -> ".join(cycle))
+
+
+def package_of(module: str) -> str:
+    """``medvit.train.engine`` -> ``train``; ``medvit.run_dir`` -> ``run_dir``; ``medvit`` -> ``medvit``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_edges_not_allowed(graph: dict[str, set[str]]) -> list[str]:
+    """Every import (``module -> module``) whose packages are not an allowed edge of :data:`LAYERS`."""
+    level = {package: index for index, (_, packages) in enumerate(LAYERS) for package in packages}
+    wrong = []
+    for module, targets in sorted(graph.items()):
+        source = package_of(module)
+        for target_module in sorted(targets):
+            target = package_of(target_module)
+            if source == target or level[target] < level[source] or (source, target) in SIDEWAYS:
+                continue
+            wrong.append(f"{module} -> {target_module} ({source}: {LAYERS[level[source]][0]}, "
+                         f"{target}: {LAYERS[level[target]][0]})")
+    return wrong
+
+
+def test_every_package_has_a_layer():
+    packages = {package_of(module) for module in import_graph()}
+    placed = set().union(*(members for _, members in LAYERS))
+    assert packages == placed, f"no layer: {sorted(packages - placed)}; gone: {sorted(placed - packages)}"
+    level = {package: index for index, (_, members) in enumerate(LAYERS) for package in members}
+    assert all(level[a] == level[b] for a, b in SIDEWAYS), "a SIDEWAYS edge must stay inside one layer"
+
+
+def test_every_sideways_edge_is_used():
+    used = {(package_of(a), package_of(b)) for a, targets in import_graph().items() for b in targets}
+    assert SIDEWAYS <= used, f"allowed but unused (remove them): {sorted(SIDEWAYS - used)}"
+
+
+def test_layer_check_finds_an_upward_and_an_unlisted_sideways_import():
+    graph = {"medvit.train.engine": {"medvit.reporting.calibrate", "medvit.run_dir", "medvit.train.state"},
+             "medvit.run_dir": {"medvit.train.config"}, "medvit.explain.cam": {"medvit.train.predict"},
+             "medvit.report": {"medvit.reporting.section"}}
+    assert layer_edges_not_allowed(graph) == [
+        "medvit.explain.cam -> medvit.train.predict (explain: training, train: training)",
+        "medvit.run_dir -> medvit.train.config (run_dir: runs, train: training)",
+        "medvit.train.engine -> medvit.reporting.calibrate (train: training, reporting: reporting)",
+    ]
+
+
+def test_imports_follow_the_layers():
+    wrong = layer_edges_not_allowed(import_graph())
+    assert not wrong, "imports against the layers (function-level imports count):\n" + "\n".join(wrong)

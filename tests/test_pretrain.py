@@ -162,11 +162,11 @@ def test_describe_the_weights_of_a_fine_tuning_run(tiny_run, tmp_path):
 
 def test_finetuning_from_the_backbone_and_the_comparison_table(run, tiny_run, tiny_train_config, tmp_path):
     """The same recipe as the shared scratch run, started from the distilled backbone; then the docs table."""
-    from medvit.train import train
     from medvit.train.config import config_from_dict
+    from medvit.workflows import train_run
 
     distilled = tmp_path / "distilled"
-    result = train(config_from_dict(tiny_train_config(image_size=64, pretrained=str(run.run_dir))), distilled)
+    result = train_run(config_from_dict(tiny_train_config(image_size=64, pretrained=str(run.run_dir))), distilled)
     assert result.epochs_run == 1
     info = json.loads((distilled / "model.json").read_text())
     assert info["pretrained"] == str(run.run_dir) and info["pretrained_sha256"] == sha256_file(run.backbone)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from medvit.run_dir import export_run, load_run
 from medvit.train import load_config, train
 from medvit.train.engine import NonFiniteLossError, evaluate_run
+from medvit.workflows import train_run
 from medvit.run_dir import TIMING_COLUMNS
 
 RUN_FILES = (
@@ -43,8 +44,9 @@ def _overrides(cfg: dict) -> list[str]:
 
 
 def _train(busi: Callable[..., dict], out: Path, **overrides):
+    """``medvit train``'s workflow: train, calibrate on validation, report."""
     cfg = load_config(None, _overrides(busi(**overrides)))
-    return train(cfg, out)
+    return train_run(cfg, out)
 
 
 def _metrics(run: Path) -> pd.DataFrame:

@@ -15,7 +15,7 @@ __all__ = ["register"]
 
 def _train(args: argparse.Namespace) -> int:
     from medvit.train.config import load_config
-    from medvit.train.engine import train
+    from medvit.workflows import train_run
 
     resume_dir = args.resume if isinstance(args.resume, str) else None
     out = Path(args.out or resume_dir or "")
@@ -29,7 +29,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.config and not args.set:
             raise ValueError("medvit train needs --config X.yaml (see experiments/configs/) and/or --set key=value")
         cfg = load_config(args.config, args.set)
-    result = train(cfg, out, resume=bool(args.resume))
+    result = train_run(cfg, out, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{result.run_dir}: {result.epochs_run} epochs, best epoch {result.best_epoch} ({result.best_metric:.4f})")
     return 0

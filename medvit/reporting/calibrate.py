@@ -8,7 +8,7 @@
 
 stores them as ``model.json["calibration"]`` and rewrites the run's prediction files with the
 scaled probabilities and a ``prediction_set`` column. Everything that reads a run
-(evaluate, explain, the page, exports) applies the same record (:mod:`medvit.reporting.probabilities`).
+(evaluate, explain, the page, exports) applies the same record (:mod:`medvit.train.probabilities`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from medvit.boundary.predictions import read_predictions_file
 from medvit.metrics.calibration import apply_temperature, fit_temperature, nll
 from medvit.metrics.conformal import conformal_quantile
 from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
-from medvit.reporting.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
+from medvit.train.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
 from medvit.reporting.questions import run_questions
 from medvit.run_dir import MODEL_JSON, atomic_write_text, predictions_filename, read_model_info
 

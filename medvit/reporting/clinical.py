@@ -26,7 +26,7 @@ from medvit.metrics.operating_points import (
 )
 from medvit.metrics.subgroups import age_bands, subgroup_table
 from medvit.reporting.calibrate import fit_calibration
-from medvit.reporting.probabilities import unscaled_probabilities
+from medvit.train.probabilities import unscaled_probabilities
 from medvit.reporting.plots import plot_operating_points, plot_reliability
 from medvit.run_dir import ReportFiles
 

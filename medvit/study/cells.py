@@ -161,7 +161,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, study_dir: str | Path) -> str:
     so it gives the same weights.
     """
     from medvit.pretrain import pretrain
-    from medvit.train import train
+    from medvit.workflows import train_run
 
     study_dir = Path(study_dir)
     path = cell.path(study_dir)
@@ -180,10 +180,10 @@ def run_cell(cfg: StudyConfig, cell: Cell, study_dir: str | Path) -> str:
         return state
     if state in ("partial", "new", "empty"):
         if state == "partial":
-            train(None, path, resume=True)
+            train_run(None, path, resume=True)
         else:
             pretrained = start_weights(cfg, cell, study_dir)
-            train(cfg.cell_train_config(cell.dataset, cell.backbone, cell.seed, pretrained), path)
+            train_run(cfg.cell_train_config(cell.dataset, cell.backbone, cell.seed, pretrained), path)
     if cell.scores_cams:
         score_cams(cfg, cell, study_dir)
     return state

@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
+from medvit.run_dir import DEFAULT_MONITORED_METRIC, metric_improves
+
 __all__ = [
     "TrainConfig",
     "EarlyStoppingConfig",
@@ -66,21 +68,18 @@ class EarlyStoppingConfig:
             (the best checkpoint is still selected by ``metric``).
     """
 
-    metric: str = field(default="val_balanced_accuracy", metadata=_choices(*_ES_METRICS))
+    metric: str = field(default=DEFAULT_MONITORED_METRIC, metadata=_choices(*_ES_METRICS))
     patience: int = field(default=0, metadata=_range(0, None))
 
     @property
     def mode(self) -> str:
-        """``'min'`` for losses, ``'max'`` for every other metric."""
-        return "min" if self.metric.endswith("loss") else "max"
+        """``'min'`` for losses, ``'max'`` for every other metric (as :func:`medvit.run_dir.metric_improves`)."""
+        return "min" if metric_improves(self.metric, 0.0, 1.0) else "max"
 
     def improves(self, value: float, best: float | None) -> bool:
-        """Whether ``value`` of ``metric`` beats ``best`` (None: nothing yet); NaN never does, ties do not."""
-        if math.isnan(value):
-            return False
-        if best is None:
-            return True
-        return value < best if self.mode == "min" else value > best
+        """Whether ``value`` of ``metric`` beats ``best`` (None: nothing yet); NaN never does, ties do not
+        (:func:`medvit.run_dir.metric_improves`, the rule the exporter and the model card read back)."""
+        return metric_improves(self.metric, value, best)
 
 
 @dataclass
@@ -146,7 +145,7 @@ class TrainConfig:
         num_workers: data-loader worker processes per training process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         eval_split: split evaluated after training into ``predictions.csv``.
-        report: write ``report/`` after training.
+        report: write ``report/`` after training (:func:`medvit.workflows.train_run`).
         n_bootstrap: bootstrap resamples for the report's confidence intervals.
         cache: cache decoded images in memory (MONAI ``CacheDataset``).
     """

@@ -150,7 +150,10 @@ class _LogFile:
 
 
 def train(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Fine-tune ``cfg.model`` on ``cfg.manifest`` and write a run directory.
+    """Fine-tune ``cfg.model`` on ``cfg.manifest`` and write a run directory with its predictions.
+
+    Calibration on validation and ``report/`` are not part of the engine: :func:`medvit.workflows.train_run`
+    (what ``medvit train`` runs) trains with this function, then finishes the run.
 
     Works unchanged in one process or under ``torchrun`` (see the module docstring). A folder
     that holds no completed epoch (a run killed during its first epoch, or whose ``last_state.pt``
@@ -446,8 +449,8 @@ class _Trainer:
         return row
 
     def _final_evaluation(self) -> None:
-        """Predict the validation split and ``cfg.eval_split`` with the best weights, fit the calibration
-        on validation (:func:`medvit.reporting.calibrate.calibrate_run`) and write the report."""
+        """Predict the validation split and ``cfg.eval_split`` with the best weights. Calibrating on
+        validation and the report are the next step of the workflow (:func:`medvit.workflows.finish_run`)."""
         cfg, ctx = self.cfg, self.ctx
         ctx.barrier()
         load_run_weights(self.model, self.out / BEST_WEIGHTS)
@@ -460,13 +463,5 @@ class _Trainer:
                 write_predictions(
                     self.out / predictions_filename(split), preds, data.records, self.class_names, cfg.root, split
                 )
-        if ctx.is_main and cfg.eval_split != "val":
-            from medvit.reporting.calibrate import calibrate_run
-
-            calibrate_run(self.out)  # temperature, conformal sets, operating points: fitted on validation
-        if ctx.is_main and cfg.report:
-            from medvit.report import write_report
-
-            write_report(self.out, split=cfg.eval_split, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
         ctx.barrier()
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from medvit.run_dir import atomic_write_text
 from medvit.train.distributed import DistContext
+from medvit.train.probabilities import calibrate_frame
 
 __all__ = ["Predictions", "autocast", "predict", "write_predictions"]
 
@@ -92,7 +93,7 @@ def write_predictions(
 
     With ``info`` (the run's ``model.json``) holding a ``calibration`` record, the probabilities are
     temperature-scaled and a ``prediction_set`` column is added
-    (:func:`medvit.reporting.probabilities.calibrate_frame`); without one the file is as before.
+    (:func:`medvit.train.probabilities.calibrate_frame`); without one the file is as before.
     """
     probs = preds.probabilities
     predicted = probs.argmax(axis=1)
@@ -117,8 +118,6 @@ def write_predictions(
     for c, name in enumerate(class_names):
         frame[f"prob_{name}"] = probs[:, c]
     if info and info.get("calibration"):
-        from medvit.reporting.probabilities import calibrate_frame
-
         frame = calibrate_frame(frame, class_names, info)
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.8g")
