@@ -314,6 +314,26 @@ def test_dilated_depthwise_conv_equals_conv(stride: int, dilation: int, size: tu
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("kernel, stride, dilation, padding", [
+    (3, 1, 2, 0), (3, 2, 3, 1), (3, 2, 3, 5), (5, 2, 3, 6), (5, 1, 2, 4), (3, 3, 2, 2)])
+@pytest.mark.parametrize("needs", ["both", "input", "weight"])
+def test_dilated_depthwise_backward_any_padding(kernel: int, stride: int, dilation: int, padding: int,
+                                                needs: str) -> None:
+    """The custom backward (transposed convolution as a forward one, tap-wise weight gradient) equals
+    oneDNN's for paddings that crop or widen its zero-inserted map, and when only one input needs a gradient."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, kernel, stride, padding, dilation, groups=4).double()
+    x = torch.randn(2, 4, 15, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(needs != "weight")
+    conv.weight.requires_grad_(needs != "input")
+    inputs = [t for t in (x, conv.weight, conv.bias) if t.requires_grad]
+    out = dilated_depthwise_conv2d(x, conv)
+    grad_out = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad_out),
+                         torch.autograd.grad(conv(x), inputs, grad_out)):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("chunk_bytes", [0, 1])
 def test_fast_path_loss_and_gradients_equal_reference(monkeypatch, train: bool, chunk_bytes: int) -> None:
