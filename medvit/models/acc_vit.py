@@ -227,6 +227,7 @@ class _DilatedDepthwiseConv(torch.autograd.Function):
     """A depthwise 3x3-or-larger square convolution whose backward avoids oneDNN's dilated backward."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
                 dilation: int, padding: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
@@ -234,11 +235,13 @@ class _DilatedDepthwiseConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # the forward's autocast state (bf16 autocast: bf16 convolutions)
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
         stride, dilation, padding = ctx.geometry
         kernel, channels, (height, width) = weight.shape[-1], x.shape[1], x.shape[-2:]
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        acc = torch.promote_types(grad_out.dtype, torch.float32)  # bf16 products, float32 (or wider) sums
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             # the transposed convolution as a forward one: x_pad[p] gets grad_out[i] * w[k] where s * i + d * k = p
@@ -249,8 +252,9 @@ class _DilatedDepthwiseConv(torch.autograd.Function):
             else:
                 grad_x = F.conv2d(_zero_inserted(grad_out, stride, reach - padding, (height, width), padding),
                                   flipped, None, 1, 0, dilation, channels)
+            grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[1]:
-            x_pad = F.pad(x, (padding,) * 4)
+            x_pad = F.pad(x, (padding,) * 4).to(grad_out.dtype)
             out_h, out_w = grad_out.shape[-2:]
             product = torch.empty_like(grad_out)
             taps = []
@@ -258,10 +262,10 @@ class _DilatedDepthwiseConv(torch.autograd.Function):
                 for j in range(kernel):
                     rows = slice(dilation * i, dilation * i + stride * (out_h - 1) + 1, stride)
                     cols = slice(dilation * j, dilation * j + stride * (out_w - 1) + 1, stride)
-                    taps.append(torch.mul(grad_out, x_pad[:, :, rows, cols], out=product).sum((0, 2, 3)))
-            grad_w = torch.stack(taps, dim=1).view_as(weight)
+                    taps.append(torch.mul(grad_out, x_pad[:, :, rows, cols], out=product).sum((0, 2, 3), dtype=acc))
+            grad_w = torch.stack(taps, dim=1).view_as(weight).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
+            grad_b = grad_out.sum((0, 2, 3), dtype=acc).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None, None
 
 
