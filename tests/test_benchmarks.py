@@ -1,6 +1,7 @@
 """The GPU benchmark script's CPU-side behaviour (the GPU runs themselves are in docs/benchmarks.md)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +15,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "g
 def gpu_bench():
     spec = importlib.util.spec_from_file_location("medvit_gpu_bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, spec.name, module)  # its dataclass resolves annotations through sys.modules
+        spec.loader.exec_module(module)
+        yield module
 
 
 def test_without_cuda_exits_2_and_writes_nothing(gpu_bench, monkeypatch, tmp_path, capsys) -> None:
@@ -148,3 +151,34 @@ def test_training_quick_is_128_eager_merged(training_bench, tmp_path, monkeypatc
     assert seen == {"sizes": [128], "modes": ["fp32-eager", "bf16-eager"], "merge": True}
     assert training_bench.main(["--quick", "--sizes", "160", "--models", "vvt_tiny", "--out-dir", str(tmp_path)]) == 0
     assert seen["sizes"] == [160]
+
+
+@pytest.fixture(scope="module")
+def loader_bench():
+    spec = importlib.util.spec_from_file_location("medvit_loader_bench", BENCHMARKS / "loader.py")
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, spec.name, module)  # its dataclass resolves annotations through sys.modules
+        spec.loader.exec_module(module)
+        yield module
+
+
+def test_loader_row_times_the_epoch_and_the_steps(loader_bench, synthetic_busi, tiny_vvt_kwargs) -> None:
+    row = loader_bench.measure(
+        "busi", Path(synthetic_busi["manifest"]), Path(synthetic_busi["root"]), "vvt_tiny", 32, images=8, batch=4,
+        cache=True, workers=0, rounds=1, model_kwargs=tiny_vvt_kwargs)
+    assert (row.dataset, row.images, row.batch, row.cache, row.workers) == ("busi", 8, 4, True, 0)
+    assert 0 <= row.data_wait_s < row.epoch_s and row.step_s > 0
+    assert row.ratio == pytest.approx(row.epoch_s / row.step_s)
+
+
+def test_loader_table_verdict_per_dataset(loader_bench) -> None:
+    def row(dataset, cache, ratio):
+        return loader_bench.LoaderRow(dataset, "convnext_tiny", 128, 256, 16, cache, 0, 1.0, 10.0 * ratio, 1.0, 10.0,
+                                      ratio, 2.0)
+
+    text = loader_bench.format_markdown([row("busi", False, 1.5), row("busi", True, 1.1), row("ham10000", True, 1.3)],
+                                        "note")
+    assert "| busi | convnext_tiny | 128 | 256 | on | 0 | 1.0 | 11.0 | 1.0 | 10.0 | 1.10x | 2.0 |" in text
+    assert "- busi: 1.10x with cache on, 0 workers; target <= 1.2x: met" in text
+    assert "- ham10000: 1.30x with cache on, 0 workers; target <= 1.2x: NOT met" in text
