@@ -1,6 +1,7 @@
 """The GPU benchmark script's CPU-side behaviour (the GPU runs themselves are in docs/benchmarks.md)."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -182,3 +183,11 @@ def test_loader_table_verdict_per_dataset(loader_bench) -> None:
     assert "| busi | convnext_tiny | 128 | 256 | on | 0 | 1.0 | 11.0 | 1.0 | 10.0 | 1.10x | 2.0 |" in text
     assert "- busi: 1.10x with cache on, 0 workers; target <= 1.2x: met" in text
     assert "- ham10000: 1.30x with cache on, 0 workers; target <= 1.2x: NOT met" in text
+
+
+def test_workers_import_this_checkouts_medvit(training_bench, monkeypatch) -> None:
+    harness = sys.modules["harness"]
+    monkeypatch.setenv("PYTHONPATH", "elsewhere")
+    first, rest = harness.checkout_pythonpath().split(os.pathsep, 1)
+    assert (Path(first) / "medvit" / "__init__.py").is_file() and Path(first) == BENCHMARKS.parents[1]
+    assert rest == "elsewhere"

@@ -22,8 +22,10 @@ from typing import Callable, Sequence
 
 __all__ = [
     "BenchRow", "add_common_arguments", "failed_row", "format_markdown", "measure_peak_rss_mb", "merge_rows",
-    "pool_rows", "read_rows", "run_rounds", "run_worker", "worker_main", "write_csv",
+    "checkout_pythonpath", "pool_rows", "read_rows", "run_rounds", "run_worker", "worker_main", "write_csv",
 ]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout whose medvit a worker measures
 
 
 @dataclass
@@ -127,6 +129,13 @@ def worker_main(args: argparse.Namespace, measure: Callable[..., BenchRow]) -> i
     return 0
 
 
+def checkout_pythonpath() -> str:
+    """``PYTHONPATH`` for a worker: this checkout's root first, so a worker measures the ``medvit`` next to the
+    script, not another checkout's that a shared virtual environment installed in editable mode (a script's
+    own folder, not the working directory, is what Python puts first on ``sys.path``)."""
+    return os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def run_worker(
         script: Path, name: str, size: int, args: argparse.Namespace, logger: logging.Logger, mode: str = "",
 ) -> BenchRow:
@@ -136,7 +145,7 @@ def run_worker(
         sys.executable, str(script), "--worker", name, str(size), "--batch", str(args.batch),
         "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters),
     ] + (["--worker-mode", mode] if mode else [])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=checkout_pythonpath())
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=getattr(args, "timeout", None))

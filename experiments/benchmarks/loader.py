@@ -205,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # measure this checkout's medvit: Python puts the script's folder, not the repo, first on sys.path, and a
+    # shared virtual environment may hold another checkout in editable mode
+    sys.path.insert(0, str(REPO))
     torch.set_num_threads(args.threads)
     rows = [
         measure(dataset, REPO / POOLS[dataset][0], args.root or REPO / POOLS[dataset][1], args.model, args.size,
