@@ -442,7 +442,9 @@ def export_run(
     Copies ``model.json``, ``config.yaml``, ``metrics.csv``, ``predictions.csv``, ``predictions_val.csv``
     (what ``medvit calibrate`` fits on) and ``report/``
     (those present) and writes ``best.safetensors`` in ``dtype`` (fp16 halves the size; ``load_run``
-    casts back to the model's dtype). Training state (``last*``) is not exported.
+    casts back to the model's dtype). Training state (``last*``) is not exported. A cross-validated run
+    also copies ``predictions_oof.csv``, ``folds.csv`` and each fold run's records (model, config, metrics,
+    predictions), with the weights of its final predictor's members only (the K folds, or the refit).
 
     Returns:
         ``out_dir``.
@@ -451,18 +453,29 @@ def export_run(
         FileNotFoundError / ValueError: as :func:`load_run` for a missing or corrupt run.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    read_model_info(run_dir)
-    weights = run_dir / BEST_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found; the run has no best checkpoint to export")
+    info = read_model_info(run_dir)
+    members = cv_members(info)
+    weight_dirs = [run_dir / member for member in members] if members else [run_dir]
+    for folder in weight_dirs:
+        if not (folder / BEST_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{folder / BEST_WEIGHTS} not found; the run has no best checkpoint to export")
     if out_dir.resolve() == run_dir.resolve():
         raise ValueError(f"export target {out_dir} is the run directory itself; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, predictions_filename("val")):
+    names = (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, predictions_filename("val"))
+    for name in names + ((predictions_filename(OOF_SPLIT), FOLDS_CSV) if members else ()):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
     if (run_dir / REPORT_DIR).is_dir():
         shutil.copytree(run_dir / REPORT_DIR, out_dir / REPORT_DIR, dirs_exist_ok=True)
-    save_run_weights(read_run_weights(weights), out_dir / BEST_WEIGHTS, dtype=dtype)
+    cv = info.get("cv") or {}
+    for member in dict.fromkeys([*cv.get("fold_runs", []), *members]):  # a cross-validated run's members' records
+        (out_dir / member).mkdir(exist_ok=True)
+        for name in names:
+            if (run_dir / member / name).is_file():
+                shutil.copy2(run_dir / member / name, out_dir / member / name)
+    for folder in weight_dirs:
+        target = out_dir / folder.relative_to(run_dir) / BEST_WEIGHTS
+        save_run_weights(read_run_weights(folder / BEST_WEIGHTS), target, dtype=dtype)
     _logger.info("exported %s -> %s (%s weights)", run_dir, out_dir, str(dtype).replace("torch.", ""))
     return out_dir
