@@ -327,3 +327,14 @@ def test_results_page_keeps_its_text_and_takes_the_report(tmp_path):
     with pytest.raises(ValueError, match="no line '<!-- medvit study"):
         write_results_page(page, report)
     assert page.read_text() == "hand-written only\n"
+
+
+def test_published_logs_hold_no_absolute_path_of_this_machine():
+    from medvit.study.cells import machine_neutral
+
+    import site
+
+    log = (f"loaded {site.getsitepackages()[0]}/pkg/w.pth into X\nfrom {sys.prefix}/share/t.bin\n"
+           f"wrote {Path.cwd()}/runs/study/busi\n")
+    assert machine_neutral(log) == ("loaded <site-packages>/pkg/w.pth into X\nfrom <python>/share/t.bin\n"
+                                    "wrote ./runs/study/busi\n")

@@ -257,8 +257,25 @@ def publish_results(cell: Cell, study_dir: str | Path, results_dir: str | Path) 
         if (source / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, dest / name)
+            if name == TRAIN_LOG:
+                (dest / name).write_text(machine_neutral((dest / name).read_text()))
             copied.append(dest / name)
     return copied
+
+
+def machine_neutral(text: str) -> str:
+    """``text`` without this machine's absolute paths (a published log goes into a repository):
+    installed packages' folder becomes ``<site-packages>``, the Python prefix ``<python>``, the working
+    directory ``.`` and the home folder ``~``."""
+    import site
+    import sys
+
+    places = [(p, "<site-packages>") for p in site.getsitepackages()]
+    places += [(sys.prefix, "<python>"), (str(Path.cwd()), "."), (str(Path.home()), "~")]
+    for prefix, name in places:
+        if prefix not in ("", "/"):
+            text = text.replace(prefix.rstrip("/") + "/", name + "/")
+    return text
 
 
 def adopt_results(cell: Cell, study_dir: str | Path, results_dir: str | Path) -> bool:
