@@ -226,6 +226,12 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     from medvit.reporting.external import with_external_notice
 
     index_md = with_external_notice(_index_markdown(run_dir, info, split, metrics), info, split)
+    if info.get("cv") and not info.get("external"):
+        from medvit.reporting.cv import cv_markdown, cv_summary
+
+        summary["cv"] = cv_summary(run_dir, info, n_bootstrap=n_bootstrap, seed=seed)
+        atomic_write_text(out / ReportFiles.summary_json, json.dumps(summary, indent=1))
+        index_md += "\n" + cv_markdown(summary["cv"], metrics.to_dict() if split == "test" else None)
     atomic_write_text(out / ReportFiles.index_md, index_md + "\n" + clinical_md)
     _logger.info("wrote %s (accuracy %s)", out, metrics.accuracy.format())
     return out

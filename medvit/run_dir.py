@@ -32,6 +32,7 @@ __all__ = [
     "TIMING_COLUMNS",
     "Run",
     "load_run",
+    "cv_members",
     "read_model_info",
     "save_run_weights",
     "load_run_weights",
@@ -61,6 +62,8 @@ __all__ = [
     "CONFIG_YAML",
     "SELECTION_JSON",
     "REPORT_DIR",
+    "OOF_SPLIT",
+    "FOLDS_CSV",
     "ReportFiles",
 ]
 
@@ -78,6 +81,10 @@ PREDICTIONS_CSV = "predictions.csv"
 TRAIN_LOG = "train.log"
 SELECTION_JSON = "selection.json"
 REPORT_DIR = "report"
+OOF_SPLIT = "oof"
+"""The out-of-fold predictions of a cross-validated run: ``predictions_oof.csv``, every train+val image once."""
+FOLDS_CSV = "folds.csv"
+"""A cross-validated run's fold assignment: ``image, label, group, split, fold`` of every train+val row."""
 _REQUIRED_INFO = ("model", "class_names", "image_size", "mean", "std")
 
 
@@ -380,8 +387,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{config_path}: not valid YAML ({error}); the run directory is corrupt") from error
 
 
+def cv_members(info: Mapping[str, Any]) -> list[str]:
+    """The member folders of a cross-validated run's final predictor (``model.json["cv"]["members"]``):
+    the K fold runs of an ensemble, or the one refit; ``[]`` for an ordinary run."""
+    return [str(m) for m in ((info.get("cv") or {}).get("members") or [])]
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Load a run directory: the model (``best.safetensors``, eval mode) and its description.
+
+    A cross-validated run (:mod:`medvit.workflows.cv`) loads its final predictor: the refit member, or the
+    fold models as one :class:`~medvit.models.ensemble.FoldEnsemble` with the temperature fitted on
+    their out-of-fold predictions inside it (the run's own ``temperature`` is then 1).
 
     Args:
         path: run directory written by ``medvit train`` (or ``medvit export``).
@@ -400,8 +417,22 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     info = read_model_info(path)
     config = read_config(path)
     class_names = [str(c) for c in info["class_names"]]
-    model = create_model(info["model"], num_classes=len(class_names), **info.get("model_kwargs", {}))
-    load_run_weights(model, path / BEST_WEIGHTS)
+
+    def network(folder: Path) -> nn.Module:
+        model = create_model(info["model"], num_classes=len(class_names), **info.get("model_kwargs", {}))
+        return load_run_weights(model, folder / BEST_WEIGHTS)
+
+    temperature = float((info.get("calibration") or {}).get("temperature", 1.0))
+    members = cv_members(info)
+    if not members:
+        model = network(path)
+    elif len(members) == 1:  # a refit on train+val
+        model = network(path / members[0])
+    else:
+        from medvit.models.ensemble import FoldEnsemble
+
+        member_temperature = float((info.get("calibration") or {}).get("member_temperature", 1.0))
+        model = FoldEnsemble([network(path / member) for member in members], temperature=member_temperature)
     model.to(device).eval()
     return Run(
         path=path,
@@ -415,7 +446,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         preset=str(info.get("preset", "")),
         info=info,
         config=config,
-        temperature=float((info.get("calibration") or {}).get("temperature", 1.0)),
+        temperature=temperature,
     )
 
 
@@ -427,7 +458,9 @@ def export_run(
     Copies ``model.json``, ``config.yaml``, ``metrics.csv``, ``predictions.csv``, ``predictions_val.csv``
     (what ``medvit calibrate`` fits on) and ``report/``
     (those present) and writes ``best.safetensors`` in ``dtype`` (fp16 halves the size; ``load_run``
-    casts back to the model's dtype). Training state (``last*``) is not exported.
+    casts back to the model's dtype). Training state (``last*``) is not exported. A cross-validated run
+    also copies ``predictions_oof.csv``, ``folds.csv`` and each fold run's records (model, config, metrics,
+    predictions), with the weights of its final predictor's members only (the K folds, or the refit).
 
     Returns:
         ``out_dir``.
@@ -436,18 +469,29 @@ def export_run(
         FileNotFoundError / ValueError: as :func:`load_run` for a missing or corrupt run.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    read_model_info(run_dir)
-    weights = run_dir / BEST_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found; the run has no best checkpoint to export")
+    info = read_model_info(run_dir)
+    members = cv_members(info)
+    weight_dirs = [run_dir / member for member in members] if members else [run_dir]
+    for folder in weight_dirs:
+        if not (folder / BEST_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{folder / BEST_WEIGHTS} not found; the run has no best checkpoint to export")
     if out_dir.resolve() == run_dir.resolve():
         raise ValueError(f"export target {out_dir} is the run directory itself; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, predictions_filename("val")):
+    names = (MODEL_JSON, CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, predictions_filename("val"))
+    for name in names + ((predictions_filename(OOF_SPLIT), FOLDS_CSV) if members else ()):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
     if (run_dir / REPORT_DIR).is_dir():
         shutil.copytree(run_dir / REPORT_DIR, out_dir / REPORT_DIR, dirs_exist_ok=True)
-    save_run_weights(read_run_weights(weights), out_dir / BEST_WEIGHTS, dtype=dtype)
+    cv = info.get("cv") or {}
+    for member in dict.fromkeys([*cv.get("fold_runs", []), *members]):  # a cross-validated run's members' records
+        (out_dir / member).mkdir(exist_ok=True)
+        for name in names:
+            if (run_dir / member / name).is_file():
+                shutil.copy2(run_dir / member / name, out_dir / member / name)
+    for folder in weight_dirs:
+        target = out_dir / folder.relative_to(run_dir) / BEST_WEIGHTS
+        save_run_weights(read_run_weights(folder / BEST_WEIGHTS), target, dtype=dtype)
     _logger.info("exported %s -> %s (%s weights)", run_dir, out_dir, str(dtype).replace("torch.", ""))
     return out_dir

@@ -331,6 +331,44 @@ def test_dilated_depthwise_conv_equals_conv(stride: int, dilation: int, size: tu
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("kernel, stride, dilation, padding", [
+    (3, 1, 2, 0), (3, 2, 3, 1), (3, 2, 3, 5), (5, 2, 3, 6), (5, 1, 2, 4), (3, 3, 2, 2)])
+@pytest.mark.parametrize("needs", ["both", "input", "weight"])
+def test_dilated_depthwise_backward_any_padding(kernel: int, stride: int, dilation: int, padding: int,
+                                                needs: str) -> None:
+    """The custom backward (transposed convolution as a forward one, tap-wise weight gradient) equals
+    oneDNN's for paddings that crop or widen its zero-inserted map, and when only one input needs a gradient."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, kernel, stride, padding, dilation, groups=4).double()
+    x = torch.randn(2, 4, 15, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(needs != "weight")
+    conv.weight.requires_grad_(needs != "input")
+    inputs = [t for t in (x, conv.weight, conv.bias) if t.requires_grad]
+    out = dilated_depthwise_conv2d(x, conv)
+    grad_out = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad_out),
+                         torch.autograd.grad(conv(x), inputs, grad_out)):
+        torch.testing.assert_close(got, want)
+
+
+def test_dilated_depthwise_backward_under_bf16_autocast() -> None:
+    """Under CPU bf16 autocast (the engine's ``precision: bf16``) the custom backward runs in bf16 like oneDNN's
+    and returns gradients in the dtypes of the inputs, close to those of ``conv`` under the same autocast."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, 2, 3, 3, groups=8)
+    x = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    results = []
+    for fn in (dilated_depthwise_conv2d, lambda v, c: c(v)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(x, conv)
+        results.append((out, torch.autograd.grad(out.float().square().sum(), (x, conv.weight, conv.bias))))
+    (out, grads), (want, want_grads) = results
+    assert out.dtype == want.dtype == torch.bfloat16
+    for got, expected in zip(grads, want_grads):
+        assert got.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("chunk_bytes", [0, 1])
 def test_fast_path_loss_and_gradients_equal_reference(monkeypatch, train: bool, chunk_bytes: int) -> None:

@@ -93,7 +93,7 @@ def test_upload_shows_four_stage_overlays(server, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1300})
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(120_000)
             page.goto(server)
             page.get_by_text("Research use only — not for diagnosis.", exact=False).first.wait_for()
             page.get_by_text("Upload an image", exact=True).click()
@@ -131,7 +131,7 @@ def test_dicom_upload_shows_modality_and_frame_and_no_patient_data(server, tmp_p
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1300})
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(120_000)
             page.goto(server)
             page.get_by_text("Research use only — not for diagnosis.", exact=False).first.wait_for()
             page.get_by_text("Upload an image", exact=True).click()

@@ -107,6 +107,38 @@ def test_only_selects_cells_and_their_pretrain(synthetic_busi):
 
 
 
+def test_backbone_start_overrides_the_protocols(synthetic_busi):
+    """paper.yaml's case: ImageNet weights for the baselines, ACC-ViT (no public checkpoint) distilled."""
+    from medvit.study.report import _starts
+
+    data = _study(synthetic_busi, start="scratch")
+    data["backbones"]["acc"]["start"] = "distilled"
+    cfg = study_config_from_dict(data)
+    cells = plan_cells(cfg)
+    assert [c.name for c in cells] == ["pretrain/acc", "busi/acc", "busi/vvt"]
+    assert [c.needs for c in cells[1:]] == ["pretrain/acc", None]
+    assert _starts(cfg) == "acc `distilled`, vvt `scratch`"
+    data = _study(synthetic_busi, start="imagenet")
+    data["backbones"]["acc"]["start"] = "distilled"
+    with pytest.raises(ValueError, match="needs protocol.weights.vvt .*or backbones.vvt.start: distilled"):
+        study_config_from_dict(data)
+    data["backbones"]["acc"]["start"] = "imagenet1k"
+    with pytest.raises(ValueError, match="'backbones.acc.start': got 'imagenet1k'"):
+        study_config_from_dict(data)
+
+def test_slurm_parameters_are_submitits(tmp_path):
+    import submitit
+
+    from medvit.study.launch import slurm_parameters
+
+    params = slurm_parameters("gpu", 600, nproc=4, cpus_per_task=32, mem_gb=200)
+    assert params == {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 4, "slurm_partition": "gpu",
+                      "timeout_min": 600, "cpus_per_task": 32, "mem_gb": 200}
+    submitit.AutoExecutor(folder=tmp_path, cluster="local").update_parameters(**params)  # every key is known
+    assert slurm_parameters(gpus_per_node=2, nproc=1)["gpus_per_node"] == 2
+    with pytest.raises(ValueError, match="--cpus-per-task 0: must be at least 1"):
+        slurm_parameters(cpus_per_task=0)
+
 def test_local_launcher_finishes_backbones_in_config_order(synthetic_busi, tmp_path, monkeypatch):
     """A restart after the first backbone's pretrain finished goes on with that backbone's fine-tunes
     (not with the next backbone's pretrain)."""
@@ -274,3 +306,35 @@ def test_committed_results_reproduce_the_committed_tables():
         drop = ["Flag"]  # "" reads back as NaN
         pd.testing.assert_frame_equal(numbers.drop(columns=drop).reset_index(drop=True),
                                       committed.drop(columns=drop), check_dtype=False, atol=1e-5)
+
+
+def test_results_page_keeps_its_text_and_takes_the_report(tmp_path):
+    from medvit.study.report import PAGE_MARKER, write_results_page
+
+    report = tmp_path / "docs" / "study" / "report"
+    report.mkdir(parents=True)
+    (report / "index.md").write_text("# Report\n\n## busi\n\n![curves](curves_busi.png) [x](https://a.b/c)\n")
+    page = tmp_path / "docs" / "study.md"
+    page.write_text(f"# Study\n\nprotocol text\n\n{PAGE_MARKER}\n\nold tables\n")
+    write_results_page(page, report)
+    text = page.read_text()
+    assert text.startswith(f"# Study\n\nprotocol text\n\n{PAGE_MARKER}\n") and "old tables" not in text
+    assert "## Report\n" in text and "### busi\n" in text
+    assert "![curves](study/report/curves_busi.png)" in text and "[x](https://a.b/c)" in text
+    write_results_page(page, report)
+    assert page.read_text() == text  # idempotent
+    page.write_text("hand-written only\n")
+    with pytest.raises(ValueError, match="no line '<!-- medvit study"):
+        write_results_page(page, report)
+    assert page.read_text() == "hand-written only\n"
+
+
+def test_published_logs_hold_no_absolute_path_of_this_machine():
+    from medvit.study.cells import machine_neutral
+
+    import site
+
+    log = (f"loaded {site.getsitepackages()[0]}/pkg/w.pth into X\nfrom {sys.prefix}/share/t.bin\n"
+           f"wrote {Path.cwd()}/runs/study/busi\n")
+    assert machine_neutral(log) == ("loaded <site-packages>/pkg/w.pth into X\nfrom <python>/share/t.bin\n"
+                                    "wrote ./runs/study/busi\n")

@@ -22,8 +22,10 @@ from typing import Callable, Sequence
 
 __all__ = [
     "BenchRow", "add_common_arguments", "failed_row", "format_markdown", "measure_peak_rss_mb", "merge_rows",
-    "pool_rows", "read_rows", "run_rounds", "run_worker", "worker_main", "write_csv",
+    "checkout_pythonpath", "pool_rows", "read_rows", "run_rounds", "run_worker", "worker_main", "write_csv",
 ]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout whose medvit a worker measures
 
 
 @dataclass
@@ -45,6 +47,10 @@ class BenchRow:
     load_1min: float
     torch: str
     error: str = ""
+    mode: str = ""  # training.py: precision and eager/compiled, e.g. "bf16-compiled"; empty for inference
+    compile_s: float | None = None
+    loss_rel_err: float | None = None  # against fp32 eager, same weights and batch
+    grad_cos: float | None = None
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -89,11 +95,11 @@ def measure_peak_rss_mb(fn: Callable[[], object]) -> float | None:
     return (_proc_status_kb("VmHWM") - rss_before) / 1024
 
 
-def failed_row(name: str, size: int, batch: int, threads: int, reason: str) -> BenchRow:
-    """The row of a (model, size) whose worker failed."""
+def failed_row(name: str, size: int, batch: int, threads: int, reason: str, mode: str = "") -> BenchRow:
+    """The row of a (model, size, mode) whose worker failed."""
     nan = float("nan")
     return BenchRow(name, size, nan, nan, batch, threads, 0, nan, nan, nan, nan, None, os.getloadavg()[0], "",
-                    error=reason[:200])
+                    error=reason[:200], mode=mode)
 
 
 def add_common_arguments(
@@ -109,29 +115,47 @@ def add_common_arguments(
     parser.add_argument("--rounds", type=int, default=1, help="repeat the list, pooling timed batches")
     parser.add_argument("--merge", action="store_true", help="keep rows of the existing CSV not re-measured")
     parser.add_argument("--include", nargs="+", type=Path, default=[], help="also keep the rows of these CSVs")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a worker may run (default: no limit)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-mode", default="", help=argparse.SUPPRESS)
 
 
 def worker_main(args: argparse.Namespace, measure: Callable[..., BenchRow]) -> int:
-    """In a worker process: measure ``args.worker`` and print the row as the last line of JSON."""
-    row = measure(args.worker[0], int(args.worker[1]), args.batch, args.threads, args.warmup, args.iters)
+    """In a worker process: measure ``args.worker`` (in ``args.worker_mode`` if set) and print the row as
+    the last line of JSON."""
+    extra = {"mode": args.worker_mode} if args.worker_mode else {}
+    row = measure(args.worker[0], int(args.worker[1]), args.batch, args.threads, args.warmup, args.iters, **extra)
     print(json.dumps(asdict(row)))
     return 0
 
 
-def run_worker(script: Path, name: str, size: int, args: argparse.Namespace, logger: logging.Logger) -> BenchRow:
-    """Measure one (model, size) in a fresh ``script --worker`` process (passive OpenMP waiting by default)."""
+def checkout_pythonpath() -> str:
+    """``PYTHONPATH`` for a worker: this checkout's root first, so a worker measures the ``medvit`` next to the
+    script, not another checkout's that a shared virtual environment installed in editable mode (a script's
+    own folder, not the working directory, is what Python puts first on ``sys.path``)."""
+    return os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def run_worker(
+        script: Path, name: str, size: int, args: argparse.Namespace, logger: logging.Logger, mode: str = "",
+) -> BenchRow:
+    """Measure one (model, size[, mode]) in a fresh ``script --worker`` process (passive OpenMP waiting by
+    default), killed after ``args.timeout`` seconds if set."""
     command = [
         sys.executable, str(script), "--worker", name, str(size), "--batch", str(args.batch),
         "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters),
-    ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    ] + (["--worker-mode", mode] if mode else [])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=checkout_pythonpath())
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=getattr(args, "timeout", None))
+    except subprocess.TimeoutExpired:
+        logger.warning("%s @%d %s: timed out after %.0f s", name, size, mode, args.timeout)
+        return failed_row(name, size, args.batch, args.threads, f"timed out after {args.timeout:.0f} s", mode)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1]
-        logger.warning("%s @%d failed: %s", name, size, reason)
-        return failed_row(name, size, args.batch, args.threads, reason)
+        logger.warning("%s @%d %s failed: %s", name, size, mode, reason)
+        return failed_row(name, size, args.batch, args.threads, reason, mode)
     return BenchRow(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -153,17 +177,19 @@ def pool_rows(rows: Sequence[BenchRow]) -> BenchRow:
 
 def run_rounds(
         script: Path, names: Sequence[str], args: argparse.Namespace, logger: logging.Logger,
-) -> dict[tuple[str, int], BenchRow]:
-    """``args.rounds`` interleaved rounds over sizes and models (one fresh worker each), pooled per key."""
-    measured: dict[tuple[str, int], list[BenchRow]] = {}
+        modes: Sequence[str] = ("",),
+) -> dict[tuple[str, int, str], BenchRow]:
+    """``args.rounds`` interleaved rounds over sizes, models and ``modes`` (one fresh worker each), pooled
+    per (model, size, mode)."""
+    measured: dict[tuple[str, int, str], list[BenchRow]] = {}
     for round_index in range(args.rounds):
         for size in args.sizes:
-            for name in names:
-                row = run_worker(script, name, size, args, logger)
-                measured.setdefault((name, size), []).append(row)
+            for name, mode in ((n, m) for n in names for m in modes):
+                row = run_worker(script, name, size, args, logger, mode)
+                measured.setdefault((name, size, mode), []).append(row)
                 logger.info(
-                    "round %d %s @%d: %.2f img/s best, %.2f mean, peak %s MB (load %.1f)%s", round_index + 1,
-                    name, size, row.images_per_s_best, row.images_per_s_mean,
+                    "round %d %s @%d %s: %.2f img/s best, %.2f mean, peak %s MB (load %.1f)%s", round_index + 1,
+                    name, size, mode, row.images_per_s_best, row.images_per_s_mean,
                     f"{row.peak_mem_mb:.0f}" if row.peak_mem_mb is not None else "-", row.load_1min,
                     f" ERROR {row.error}" if row.error else "",
                 )
@@ -192,14 +218,17 @@ def read_rows(path: Path) -> list[BenchRow]:
 
 
 def merge_rows(
-        rows: dict[tuple[str, int], BenchRow], previous: Sequence[Path], order: dict[str, int],
+        rows: dict[tuple[str, int, str], BenchRow], previous: Sequence[Path], order: dict[str, int],
+        mode_order: Sequence[str] = ("",),
 ) -> list[BenchRow]:
-    """``rows`` plus the rows of the ``previous`` CSVs not re-measured, in registry then size order."""
+    """``rows`` plus the rows of the ``previous`` CSVs not re-measured, in registry, size, then mode order."""
     merged = dict(rows)
     for path in previous:
         for old in read_rows(path):
-            merged.setdefault((old.model, old.size), old)
-    return sorted(merged.values(), key=lambda r: (order.get(r.model, len(order)), r.model, r.size))
+            merged.setdefault((old.model, old.size, old.mode), old)
+    modes = {m: i for i, m in enumerate(mode_order)}
+    return sorted(merged.values(), key=lambda r: (order.get(r.model, len(order)), r.model, r.size,
+                                                  modes.get(r.mode, len(modes)), r.mode))
 
 
 def write_csv(rows: Sequence[BenchRow], path: Path) -> Path:

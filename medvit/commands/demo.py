@@ -83,7 +83,7 @@ def _demo_export(args: argparse.Namespace) -> int:
     selection = export_demo_model(
         args.runs, args.out, metric=args.metric, default=args.default, dtype=dtype, remeasure=not args.no_remeasure
     )
-    print(f"exported {selection['chosen']} -> {args.out} (validation {args.metric} = {selection['score']:.4f})")
+    print(f"exported {selection['chosen']} -> {args.out} ({'out-of-fold' if selection['split'] == 'oof' else 'validation'} {args.metric} = {selection['score']:.4f})")
     return 0
 
 

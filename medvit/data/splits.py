@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["SPLITS", "assign_splits", "count_table"]
+__all__ = ["SPLITS", "assign_folds", "assign_splits", "count_table"]
 
 SPLITS = ("train", "val", "test")
 
@@ -88,6 +88,62 @@ def assign_splits(
             deficits = {split: fractions[split] * class_totals[label] - current[label][split] for split in active}
             assign(group, max(reversed(active), key=lambda name: deficits[name]))  # ties -> train, then val
     return np.array([assignment[str(group)] for group in groups], dtype=object)
+
+
+FOLD_SEED_TRIES = 100
+"""Seeds :func:`assign_folds` tries (``seed``, ``seed + 1``, ...) before it gives up."""
+
+
+def assign_folds(
+    labels: Sequence[int], groups: Sequence[str], folds: int, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """Grouped, stratified K-fold assignment: every group in one fold, every class in every fold.
+
+    scikit-learn's ``StratifiedGroupKFold(shuffle=True)`` does the assignment. Its greedy search does not
+    promise that a class with few groups reaches every fold, so the assignment is checked and, when a
+    fold misses a class, drawn again with the next seed (``seed + 1``, ... up to
+    :data:`FOLD_SEED_TRIES` tries); the seed that gave the assignment is returned so it can be recorded.
+
+    Args:
+        labels: label index of every image (the train+val rows).
+        groups: group of every image (patient, lesion, duplicate set).
+        folds: number of folds ``K`` (at least 2).
+        seed: the first seed tried.
+
+    Returns:
+        ``(fold, seed_used)``: the held-out fold (0..K-1) of every image and the seed that drew it.
+
+    Raises:
+        ValueError: ``folds < 2``, a class with fewer than ``folds`` groups, or no valid assignment
+            (the message names the setting ``cv.folds`` and the class).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    if len(labels) != len(groups):
+        raise ValueError(f"assign_folds: {len(labels)} labels but {len(groups)} groups")
+    if folds < 2:
+        raise ValueError(f"config key 'cv.folds': {folds} folds; cross-validation needs at least 2")
+    for label in np.unique(labels):
+        n_groups = len(set(groups[labels == label]))
+        if n_groups < folds:
+            raise ValueError(
+                f"config key 'cv.folds': {folds} folds need at least {folds} groups of every class in train+val, "
+                f"but class {int(label)} has {n_groups}; use cv.folds <= {n_groups}"
+            )
+    classes = set(labels.tolist())
+    for attempt in range(FOLD_SEED_TRIES):
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + attempt)
+        fold = np.full(len(labels), -1, dtype=np.int64)
+        for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            fold[held_out] = k
+        if all(set(labels[fold == k].tolist()) == classes for k in range(folds)):
+            return fold, seed + attempt
+    raise ValueError(
+        f"config key 'cv.folds': no assignment of {folds} folds holds every class in every fold "
+        f"({FOLD_SEED_TRIES} seeds from {seed} tried); use fewer folds"
+    )
 
 
 def count_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:

@@ -197,6 +197,11 @@ def _describe_training(
         "best checkpoint by": str((config.get("early_stopping") or {}).get("metric", "")),
         "seed": str(config.get("seed", "")),
     }
+    from medvit.reporting.cv import describe_cv
+
+    how = describe_cv(info)
+    if how:
+        out["cross-validation"] = how
     distill = config.get("distill") or {}
     teacher = distill.get("teacher")
     out["distillation"] = (

@@ -43,6 +43,7 @@ from medvit.run_dir import (
 __all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_config"]
 
 _PATH_KEYS = ("manifest", "root", "pretrained")
+_SPLIT_WORDS = {"val": "validation", "oof": "out-of-fold"}
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ def _describe_how(config: Mapping[str, Any], info: Mapping[str, Any] | None = No
         how = "trained from scratch"
     if config.get("ordinal_labels"):
         how += f" on SORD ordinal soft labels (scale {config['ordinal_labels']})"
+    cv = (info or {}).get("cv")
+    if cv:
+        how += f", {cv['folds']}-fold cross-validated ({'fold ensemble' if cv.get('final') == 'ensemble' else 'refit on train+val'})"
     distill = config.get("distill") or {}
     if distill.get("teacher"):
         how += (
@@ -91,6 +95,9 @@ def validation_score(
         KeyError: ``val_{metric}`` is not a column of ``metrics.csv``.
     """
     run = Path(run)
+    info = read_model_info(run)
+    if info.get("cv"):
+        return _out_of_fold_score(run, info, metric)
     history = read_metrics(run)
     if not history:
         raise FileNotFoundError(f"{run / METRICS_CSV} not found or empty; is {run} a finished 'medvit train' run?")
@@ -101,6 +108,25 @@ def validation_score(
     config = read_config(run) if config is None else config
     kept = kept_epoch(history, monitored_metric(config))
     return float(history[kept].get(column, float("nan"))), kept + 1
+
+
+def _out_of_fold_score(run: Path, info: Mapping[str, Any], metric: str) -> tuple[float, int]:
+    """A cross-validated run's ``metric`` on its out-of-fold predictions and the epochs of its final predictor
+    (the refit's, or the median of the folds' kept epochs)."""
+    import numpy as np
+
+    from medvit.boundary.predictions import read_predictions_file
+    from medvit.metrics import compute_metrics
+    from medvit.workflows.cv import chosen_epochs
+
+    names = [str(c) for c in info["class_names"]]
+    frame = read_predictions_file(run / predictions_filename("oof"), names)
+    probs = frame[[f"prob_{c}" for c in names]].to_numpy()
+    summary = compute_metrics(frame["label"].to_numpy(), probs, names, bool(info.get("is_ordinal")), n_bootstrap=0).summary()
+    if metric not in summary:
+        raise KeyError(f"{run}: out-of-fold {metric!r} is not computed; choose --metric from {', '.join(summary)}")
+    cv = info["cv"]
+    return float(summary[metric]), int(cv.get("refit_epochs") or chosen_epochs(cv["best_epochs"]))
 
 
 def export_demo_model(
@@ -166,20 +192,32 @@ def export_demo_model(
     _make_portable(out_dir)
     if remeasure:
         remeasure_stored_weights(out_dir, device=device)
+    chosen_info = read_model_info(out_dir)
     selection = {
         "chosen": candidates[best]["run"],
         "how": candidates[best]["how"],
         "metric": metric,
-        "split": "val",
+        "split": "oof" if chosen_info.get("cv") else "val",
         "score": candidates[best]["score"],
         "candidates": candidates,
         "default": bool(default),
         "storage": str(dtype).replace("torch.", ""),
-        "weights_sha256": sha256_file(out_dir / BEST_WEIGHTS),
+        "weights_sha256": _weights_sha256(out_dir, chosen_info),
     }
     atomic_write_text(out_dir / SELECTION_JSON, json.dumps(selection, indent=2) + "\n")
-    _logger.info("embedded %s as %s (validation %s = %.4f)", runs[best], out_dir, metric, candidates[best]["score"])
+    _logger.info("embedded %s as %s (%s %s = %.4f)", runs[best], out_dir, _SPLIT_WORDS[selection["split"]], metric,
+                 candidates[best]["score"])
     return selection
+
+
+def _weights_sha256(out_dir: Path, info: Mapping[str, Any]) -> str | dict[str, str]:
+    """sha256 of the stored weights: one file, or ``{member: sha256}`` for a cross-validated run."""
+    from medvit.run_dir import cv_members
+
+    members = cv_members(info)
+    if not members:
+        return sha256_file(out_dir / BEST_WEIGHTS)
+    return {member: sha256_file(out_dir / member / BEST_WEIGHTS) for member in members}
 
 
 def portable_config(config: Mapping[str, Any], base: Path | None = None) -> dict[str, Any]:
@@ -205,9 +243,12 @@ def _make_portable(out_dir: Path) -> None:
     import yaml
 
     config_path, info_path = out_dir / CONFIG_YAML, out_dir / MODEL_JSON
-    if config_path.is_file():
-        config = portable_config(yaml.safe_load(config_path.read_text()) or {})
-        atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+    for path in [config_path, *sorted(out_dir.glob(f"*/{CONFIG_YAML}"))]:  # with a cross-validated run's members
+        if path.is_file():
+            config = portable_config(yaml.safe_load(path.read_text()) or {})
+            atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    for path in sorted(out_dir.glob(f"*/{MODEL_JSON}")):
+        atomic_write_text(path, json.dumps(portable_config(json.loads(path.read_text())), indent=2))
     info = json.loads(info_path.read_text())
     if "pretrained_description" not in info:  # runs from before describe_pretrained existed
         from medvit.models.pretrained import describe_pretrained
@@ -231,6 +272,13 @@ def remeasure_stored_weights(out_dir: str | Path, device: str = "auto") -> None:
 
     out_dir = Path(out_dir)
     config = read_config(out_dir)
+    if read_model_info(out_dir).get("cv"):
+        # Cross-validated: the calibration is fitted on the copied out-of-fold predictions (re-predicting them
+        # needs each fold's manifest); test is predicted again through the stored members, after it.
+        calibrate_run(out_dir, device=device)
+        evaluate_run(out_dir, split="test", device=device, replace=True)
+        write_report(out_dir, split="test", n_bootstrap=int(config.get("n_bootstrap", 1000)), seed=int(config.get("seed", 0)))
+        return
     for split in ("val", str(config.get("eval_split", "test"))):
         evaluate_run(out_dir, split=split, device=device, replace=True)  # the copied float-weight predictions
     calibrate_run(out_dir, device=device)
@@ -254,7 +302,7 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
             continue
         info = read_model_info(folder)
         names = [str(c) for c in info["class_names"]]
-        frame = read_predictions_file(folder / predictions_filename("val"), names)
+        frame = read_predictions_file(folder / predictions_filename("oof" if info.get("cv") else "val"), names)
         probs = frame[[f"prob_{c}" for c in names]].to_numpy()
         summary = compute_metrics(frame["label"].to_numpy(), probs, names, bool(info.get("is_ordinal")), n_bootstrap=0).summary()
         scores.setdefault(str(info.get("dataset", "")), []).append((float(summary[metric]), folder))

@@ -41,8 +41,10 @@ from torch import nn
 
 from medvit.explain.options import CAM_METHOD_NAMES
 from medvit.models import StageInfo, pyramid_stages, to_nchw
+from medvit.models.ensemble import FoldEnsemble
 
 __all__ = [
+    "ensemble_stage_cams",
     "CAM_METHODS",
     "StageCAM",
     "StageCams",
@@ -389,6 +391,10 @@ def compute_stage_cams(
     Raises:
         ValueError: Bad image shape, unknown method or target out of range.
     """
+    if isinstance(model, FoldEnsemble):
+        if stages is not None:
+            raise ValueError("a fold ensemble has no single set of stages to hook; explain a member to pass stages")
+        return ensemble_stage_cams(model, image, target=target, method=method)
     cam_class = stage_cam_class(method)
     if image.ndim == 3:
         image = image[None]
@@ -424,6 +430,38 @@ def compute_stage_cams(
         method=method,
         grid_sizes=grid_sizes,
         logits=logits[0].numpy(),
+    )
+
+
+def ensemble_stage_cams(
+    ensemble: FoldEnsemble, image: torch.Tensor, target: int | None = None, method: str = "gradcam"
+) -> StageCams:
+    """Stage CAMs of a fold ensemble: each member's four maps for the ensemble's target, averaged per stage.
+
+    The prediction is the ensemble's (mean of the members' calibrated probabilities); each member's map is
+    :func:`compute_stage_cams` for that same class, so every member explains the one decision shown.
+
+    Args:
+        ensemble: the fold models (:class:`~medvit.models.ensemble.FoldEnsemble`).
+        image: One normalised image, (3, H, W) or (1, 3, H, W).
+        target: Class index to explain; None explains the ensemble's predicted class.
+        method: A :data:`CAM_METHODS` name.
+    """
+    batch = image[None] if image.ndim == 3 else image
+    with torch.no_grad(), _eval_mode(ensemble):
+        logits = ensemble(batch).detach().float().cpu()[0]
+    probabilities = torch.softmax(logits, dim=-1).numpy()
+    target = int(probabilities.argmax()) if target is None else int(target)
+    members = [compute_stage_cams(member, batch, target=target, method=method) for member in ensemble.members]
+    cams = [np.mean([m.cams[i] for m in members], axis=0).astype(np.float32) for i in range(len(members[0].cams))]
+    return StageCams(
+        probabilities=probabilities,
+        target=target,
+        cams=cams,
+        stages=members[0].stages,
+        method=method,
+        grid_sizes=members[0].grid_sizes,
+        logits=logits.numpy(),
     )
 
 

@@ -35,6 +35,7 @@ from medvit.explain.faithfulness import FaithfulnessConfig, StageFaithfulness, s
 from medvit.explain.localization import SCORE_NAMES, LocalizationScores, localization_scores
 from medvit.explain.options import DEFAULT_TOP_FRACTION
 from medvit.explain.overlay import denormalize_image
+from medvit.models.ensemble import FoldEnsemble
 from medvit.explain.sanity import CASCADE, SANITY_MAX_SPEARMAN, StageSanity, cascading_randomization
 
 __all__ = [
@@ -307,6 +308,11 @@ def explain_tensor(
     config = FaithfulnessConfig() if faithfulness is True else (faithfulness or None)
     sanity_seed = None if sanity is False or sanity is None else (0 if sanity is True else int(sanity))
     temperature = _run_temperature(run)
+    if sanity_seed is not None and isinstance(run.model, FoldEnsemble):
+        raise ValueError(
+            "the model-randomisation check perturbs one network; run it on a fold member (RUN/fold_0) of this "
+            "cross-validated run instead of its ensemble"
+        )
     with lock if lock is not None else contextlib.nullcontext():
         cams = compute_stage_cams(run.model, image, target=target_index, method=method)
         faithful = stage_faithfulness(run.model, image, cams.cams, cams.target, config, temperature) if config else None

@@ -21,10 +21,12 @@ CPU_CHUNK_BYTES = 16 * 2 ** 20
 def cpu_images_per_chunk(x: Tensor, per_image_elements: int, budget_bytes: int) -> int:
     """Images of ``x`` (batch first) per chunk so that ``per_image_elements`` each fit in ``budget_bytes``.
 
-    The whole batch off the CPU or when ``budget_bytes <= 0``; otherwise at least one image.
+    The whole batch off the CPU, when ``budget_bytes <= 0`` or while ``torch.compile`` traces (the compiled
+    graph would hold one copy of the block per chunk, and inductor fuses what chunking tried to keep in cache);
+    otherwise at least one image.
     """
     batch = x.shape[0]
-    if x.device.type != "cpu" or budget_bytes <= 0:
+    if x.device.type != "cpu" or budget_bytes <= 0 or torch.compiler.is_compiling():
         return batch
     return max(1, min(batch, budget_bytes // (per_image_elements * x.element_size())))
 

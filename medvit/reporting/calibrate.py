@@ -29,7 +29,7 @@ from medvit.metrics.conformal import conformal_quantile
 from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
 from medvit.train.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
 from medvit.reporting.questions import run_questions
-from medvit.run_dir import MODEL_JSON, atomic_write_text, predictions_filename, read_model_info
+from medvit.run_dir import MODEL_JSON, OOF_SPLIT, atomic_write_text, predictions_filename, read_model_info
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_SENSITIVITIES", "calibrate_run", "fit_calibration"]
 
@@ -44,8 +44,11 @@ def fit_calibration(
     alpha: float = DEFAULT_ALPHA,
     method: str = DEFAULT_METHOD,
     sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
+    fitted_on: str = "val",
 ) -> dict[str, Any]:
     """The ``calibration`` record of a run from its validation predictions (nothing is written).
+
+    ``fitted_on`` names the predictions (``val``, or ``oof`` for a cross-validated run's out-of-fold ones).
 
     Raises:
         ValueError: empty validation predictions, bad ``alpha``/``method``.
@@ -56,7 +59,7 @@ def fit_calibration(
     temperature = fit_temperature(labels, raw)
     scaled = apply_temperature(raw, temperature)
     record: dict[str, Any] = {
-        "fitted_on": "val",
+        "fitted_on": fitted_on,
         "n_val": int(labels.size),
         "temperature": temperature,
         "val_nll_before": nll(labels, raw),
@@ -112,6 +115,10 @@ def calibrate_run(
     The run's prediction files (test, val, train) are rewritten with the scaled probabilities and
     the prediction sets; run ``medvit report RUN`` afterwards for the report.
 
+    A cross-validated run (``model.json["cv"]``) is fitted on its out-of-fold predictions
+    (``predictions_oof.csv``, every train+val image once) instead; for a fold ensemble the temperature is
+    stored as ``member_temperature`` (applied inside the ensemble) and the run's own ``temperature`` is 1.
+
     Args:
         run_dir: a run directory (or an exported demo model with its config).
         alpha: conformal miscoverage (0.1: sets hold the true class for >= 90 % of images).
@@ -125,22 +132,34 @@ def calibrate_run(
     run_dir = Path(run_dir)
     info = read_model_info(run_dir)
     class_names = [str(c) for c in info["class_names"]]
-    val_path = _ensure_val_predictions(run_dir, device)
-    val = read_predictions_file(val_path, class_names, fix=f"delete it and run 'medvit calibrate {run_dir}' again")
+    cv = info.get("cv") or {}
+    if cv:
+        val_path = run_dir / predictions_filename(OOF_SPLIT)
+        fix = f"resume the run ('medvit train --resume {run_dir}') to write it again"
+    else:
+        val_path = _ensure_val_predictions(run_dir, device)
+        fix = f"delete it and run 'medvit calibrate {run_dir}' again"
+    val = read_predictions_file(val_path, class_names, fix=fix)
     frames = {
         path: read_predictions_file(path, class_names)
         for path in (run_dir / predictions_filename(split) for split in ("test", "val", "train"))
         if path.is_file()
     }  # every file checked before model.json or any file is rewritten
-    info["calibration"] = fit_calibration(val, info, alpha, method, sensitivities)
+    record = fit_calibration(val, info, alpha, method, sensitivities, fitted_on=OOF_SPLIT if cv else "val")
+    fitted = {"calibration": record}  # the fitted temperature, for the predictions it was fitted on
+    if cv.get("final") == "ensemble":  # the temperature lives inside the ensemble (medvit.models.ensemble)
+        record = {**record, "member_temperature": record["temperature"], "temperature": 1.0}
+    info["calibration"] = record
     if "questions" not in info:
         info["questions"] = [{"name": q["name"], "positive_classes": q["positive_classes"]} for q in info["calibration"]["questions"]]
     atomic_write_text(run_dir / MODEL_JSON, json.dumps(info, indent=2))
+    if cv:
+        _write_frame(val_path, calibrate_frame(val, class_names, {**info, **fitted}))
     for path, frame in frames.items():
         _write_frame(path, calibrate_frame(frame, class_names, info))
-    record = info["calibration"]
+    record = fitted["calibration"]
     _logger.info(
-        "%s: T = %.4f (val NLL %.4f -> %.4f), conformal q = %s", run_dir, record["temperature"],
+        "%s: T = %.4f (%s NLL %.4f -> %.4f), conformal q = %s", run_dir, record["temperature"], record["fitted_on"],
         record["val_nll_before"], record["val_nll_after"], record["conformal"]["q"],
     )
     return float(record["temperature"])

@@ -27,9 +27,13 @@ def clinical_card(summary: Mapping[str, Any] | None) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     cal = clinical["calibration"]
-    line = f"ECE {_fmt(cal['before']['ece'])} before temperature scaling"
-    if cal.get("after"):
-        line += f", {_fmt(cal['after']['ece'])} after (T = {cal['temperature']:.3f}, fitted on validation)"
+    images = "out-of-fold predictions" if cal.get("fitted_on") == "oof" else "validation"
+    if cal.get("member_temperature") is not None:
+        line = f"ECE {_fmt(cal['after']['ece'])} (fold ensemble, members scaled by T = {cal['member_temperature']:.3f}, fitted on {images})"
+    else:
+        line = f"ECE {_fmt(cal['before']['ece'])} before temperature scaling"
+    if cal.get("after") and cal.get("member_temperature") is None:
+        line += f", {_fmt(cal['after']['ece'])} after (T = {cal['temperature']:.3f}, fitted on {images})"
     out["Calibration (test ECE, 15 bins)"] = line
     for q in clinical.get("questions", []):
         for r in q.get("points", []):

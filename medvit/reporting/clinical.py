@@ -113,6 +113,7 @@ def clinical_summary(
             "stored": stored,
             "fitted_on": record.get("fitted_on") if record else None,
             "n_val": record.get("n_val") if record else None,
+            "member_temperature": record.get("member_temperature") if record else None,
             "before": compute_calibration(labels, raw, **boot).to_dict(),
             "after": compute_calibration(labels, scaled, **boot).to_dict() if record else None,
         },
@@ -195,8 +196,12 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
     cal = summary["calibration"]
     lines = [f"## Calibration on `{split}`", ""]
     rows = [["before scaling (T = 1)"] + [_f(cal["before"][k]) for k in ("ece", "adaptive_ece", "mce", "brier", "nll")]]
-    if cal["after"]:
-        where = f"fitted on {cal['n_val']} validation images" + ("" if cal["stored"] else ", not stored")
+    images = "out-of-fold" if cal.get("fitted_on") == "oof" else "validation"
+    if cal.get("member_temperature") is not None:  # a fold ensemble: the temperature acts inside, on each member
+        rows = [[f"fold ensemble, members scaled by T = {cal['member_temperature']:.3f} (fitted on {cal['n_val']} "
+                 f"{images} images)"] + [_f(cal["after"][k]) for k in ("ece", "adaptive_ece", "mce", "brier", "nll")]]
+    elif cal["after"]:
+        where = f"fitted on {cal['n_val']} {images} images" + ("" if cal["stored"] else ", not stored")
         rows.append([f"after scaling (T = {cal['temperature']:.3f}, {where})"] + [_f(cal["after"][k]) for k in ("ece", "adaptive_ece", "mce", "brier", "nll")])
     lines.append(_table(["", "ECE (15 bins)", "adaptive ECE", "MCE", "Brier", "NLL"], rows))
     lines += [
@@ -211,7 +216,7 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
             f"## Operating points: {q['name']} vs not (score = P({' + '.join(q['positive_classes'])}))",
             "",
             f"{q['n_positive']} positive and {q['n_negative']} negative images; AUROC {_f(q['auroc'])}. "
-            "Thresholds are chosen on validation, figures measured here.",
+            f"Thresholds are chosen on {images} predictions, figures measured here.",
             "",
         ]
         if q["points"]:

@@ -36,6 +36,7 @@ __all__ = [
     "plan_cells",
     "publish_results",
     "run_cell",
+    "run_state",
     "select_cells",
 ]
 
@@ -79,15 +80,14 @@ class Cell:
 def plan_cells(cfg: StudyConfig) -> list[Cell]:
     """Every cell of ``cfg``: pretrain cells first, then datasets × backbones × seeds."""
     cells = []
-    if cfg.start == "distilled":
-        cells += [Cell(f"pretrain/{b}", "pretrain", b) for b in cfg.backbones]
+    cells += [Cell(f"pretrain/{b}", "pretrain", b) for b in cfg.backbones if cfg.backbone_start(b) == "distilled"]
     for dataset in cfg.datasets:
         for backbone in cfg.backbones:
             for i, seed in enumerate(cfg.seeds):
                 name = f"{dataset}/{backbone}" + (f"_s{seed}" if i else "")
                 cells.append(Cell(
                     name, "train", backbone, dataset, seed,
-                    needs=f"pretrain/{backbone}" if cfg.start == "distilled" else None,
+                    needs=f"pretrain/{backbone}" if cfg.backbone_start(backbone) == "distilled" else None,
                     scores_cams=cfg.cam.get("dataset") == dataset,
                 ))
     return cells
@@ -143,6 +143,17 @@ def cell_state(cell: Cell, study_dir: str | Path) -> str:
 def _weights_present(cell: Cell, study_dir: Path) -> bool:
     name = "backbone.safetensors" if cell.kind == "pretrain" else "best.safetensors"
     return (cell.path(study_dir) / name).is_file()
+
+
+def run_state(path: str | Path) -> str:
+    """A fine-tuning run directory's state: ``finished`` (the run finished and wrote its test predictions),
+    ``partial`` (resumable), ``empty`` (no completed epoch) or ``new``."""
+    path = Path(path)
+    if not path.exists():
+        return "new"
+    if not (path / LAST_STATE).is_file():
+        return "empty"
+    return "finished" if _finished_run(path) and (path / PREDICTIONS_CSV).is_file() else "partial"
 
 
 def clear_unstarted(path: Path) -> None:
@@ -208,9 +219,10 @@ def ensure_pretrain_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> No
 
 
 def start_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> str | None:
-    if cfg.start == "scratch":
+    start = cfg.backbone_start(cell.backbone)
+    if start == "scratch":
         return None
-    if cfg.start == "imagenet":
+    if start == "imagenet":
         return cfg.weights[cell.backbone]
     needed = Cell(cell.needs, "pretrain", cell.backbone)
     if cell_state(needed, study_dir) not in ("finished", "trained"):
@@ -246,8 +258,25 @@ def publish_results(cell: Cell, study_dir: str | Path, results_dir: str | Path) 
         if (source / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, dest / name)
+            if name == TRAIN_LOG:
+                (dest / name).write_text(machine_neutral((dest / name).read_text()))
             copied.append(dest / name)
     return copied
+
+
+def machine_neutral(text: str) -> str:
+    """``text`` without this machine's absolute paths (a published log goes into a repository):
+    installed packages' folder becomes ``<site-packages>``, the Python prefix ``<python>``, the working
+    directory ``.`` and the home folder ``~``."""
+    import site
+    import sys
+
+    places = [(p, "<site-packages>") for p in site.getsitepackages()]
+    places += [(sys.prefix, "<python>"), (str(Path.cwd()), "."), (str(Path.home()), "~")]
+    for prefix, name in places:
+        if prefix not in ("", "/"):
+            text = text.replace(prefix.rstrip("/") + "/", name + "/")
+    return text
 
 
 def adopt_results(cell: Cell, study_dir: str | Path, results_dir: str | Path) -> bool:

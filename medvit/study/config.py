@@ -28,7 +28,7 @@ CLAIM_KINDS = ("highest_macro_precision", "recall_ratio", "highest_recall", "hig
 _TOP_KEYS = ("name", "datasets", "backbones", "reference", "protocol", "cam", "claims", "n_bootstrap")
 _PROTOCOL_KEYS = ("start", "image_size", "seeds", "selection", "pretrain", "train", "weights")
 _DATASET_KEYS = ("manifest", "root", "train")
-_BACKBONE_KEYS = ("model", "model_kwargs")
+_BACKBONE_KEYS = ("model", "model_kwargs", "start")
 _CAM_KEYS = ("dataset", "split", "method", "figure_images", "score", "stage")
 _CLAIM_KEYS = ("id", "kind", "text", "datasets", "dataset", "class", "ratio", "score", "stage")
 
@@ -79,6 +79,11 @@ class StudyConfig:
     claims: list[Claim]
     n_bootstrap: int = 1000
     source: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def backbone_start(self, backbone: str) -> str:
+        """The start of ``backbone``: its own ``start`` (e.g. ``distilled`` for a backbone without public
+        ImageNet weights in an ``imagenet`` study) or the protocol's."""
+        return str(self.backbones[backbone].get("start", self.start))
 
     def cell_train_dict(self, dataset: str, backbone: str, seed: int, pretrained: str | None) -> dict[str, Any]:
         """The training config of cell (``dataset``, ``backbone``, ``seed``) as a plain dict."""
@@ -211,12 +216,18 @@ def study_config_from_dict(data: Mapping[str, Any]) -> StudyConfig:
         n_bootstrap=int(top.get("n_bootstrap", 1000)), source=dict(data),
     )
     for backbone in backbones:  # fail fast: every cell's config is checked before hours of training
-        if start == "distilled":
+        own = cfg.backbone_start(backbone)
+        if own not in STARTS:
+            raise ValueError(f"study config 'backbones.{backbone}.start': got {own!r}; allowed: {', '.join(STARTS)}")
+        if own == "distilled":
             _named(f"pretrain/{backbone}", lambda: cfg.pretrain_config(backbone))
         for dataset in datasets:
-            pretrained = "<pretrain run>" if start == "distilled" else cfg.weights.get(backbone)
-            if start == "imagenet" and pretrained is None:
-                raise ValueError(f"study config: start 'imagenet' needs protocol.weights.{backbone} (a file or hf-hub: name)")
+            pretrained = "<pretrain run>" if own == "distilled" else cfg.weights.get(backbone)
+            if own == "imagenet" and pretrained is None:
+                raise ValueError(
+                    f"study config: start 'imagenet' needs protocol.weights.{backbone} (a weight file or an hf-hub: "
+                    f"name in the local hub cache), or backbones.{backbone}.start: distilled"
+                )
             _named(f"{dataset}/{backbone}", lambda: cfg.cell_train_config(dataset, backbone, seeds[0], pretrained))
     return cfg
 

@@ -35,7 +35,7 @@ from medvit.study.cells import (
 from medvit.study.config import StudyConfig
 from medvit.study.report import write_study_report
 
-__all__ = ["LAUNCHERS", "StudyRun", "run_study"]
+__all__ = ["LAUNCHERS", "StudyRun", "run_study", "launch_training", "slurm_parameters"]
 
 _logger = logging.getLogger(__name__)
 
@@ -58,25 +58,63 @@ def _cell_job(cfg: StudyConfig, cell: Cell, study_dir: str, nproc: int) -> str:
     return run_cell(cfg, cell, study_dir)
 
 
-def _torchrun_cell(cfg: StudyConfig, cell: Cell, study_dir: Path, nproc: int) -> str:
-    state = cell_state(cell, study_dir)
-    path = cell.path(study_dir)
+def launch_training(path: Path, config: dict[str, Any] | None, nproc: int = 1) -> None:
+    """Train ``config`` into the run directory ``path``, or resume it (``config=None``): in this process, or
+    with ``nproc > 1`` through ``torchrun --nproc_per_node nproc -m medvit.cli train`` (DDP)."""
+    from medvit.train.config import config_from_dict
+    from medvit.workflows import train_run
+
+    if config is not None and path.exists():
+        clear_unstarted(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if nproc <= 1:
+        train_run(None if config is None else config_from_dict(config), path, resume=config is None)
+        return
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "medvit.cli", "train", "--out", str(path)]
-    if state == "partial":
+    if config is None:
         command.append("--resume")
     else:
-        if path.exists():
-            clear_unstarted(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        config = cfg.cell_train_dict(cell.dataset, cell.backbone, cell.seed, start_weights(cfg, cell, study_dir))
         config_file = path.parent / f".{path.name}.config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         command += ["--config", str(config_file)]
     subprocess.run(command, check=True)
+
+
+def _torchrun_cell(cfg: StudyConfig, cell: Cell, study_dir: Path, nproc: int) -> str:
+    state = cell_state(cell, study_dir)
+    config = None
+    if state != "partial":
+        config = cfg.cell_train_dict(cell.dataset, cell.backbone, cell.seed, start_weights(cfg, cell, study_dir))
+    launch_training(cell.path(study_dir), config, nproc)
     if cell.scores_cams:
         score_cams(cfg, cell, study_dir)
     return state
+
+
+def slurm_parameters(
+    partition: str | None = None,
+    timeout_min: int | None = None,
+    nproc: int = 1,
+    gpus_per_node: int | None = None,
+    cpus_per_task: int | None = None,
+    mem_gb: int | None = None,
+) -> dict[str, Any]:
+    """submitit ``AutoExecutor`` parameters of one cell's job: one task, ``gpus_per_node`` GPUs (default
+    ``nproc``, the cell's torchrun processes), the partition, a time limit, CPUs and memory.
+
+    Raises:
+        ValueError: a count below 1 (named).
+    """
+    for name, value in (("nproc", nproc), ("gpus_per_node", gpus_per_node), ("cpus_per_task", cpus_per_task),
+                        ("mem_gb", mem_gb), ("timeout_min", timeout_min)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    params: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus_per_node or nproc}
+    optional = {"slurm_partition": partition, "timeout_min": timeout_min, "cpus_per_task": cpus_per_task,
+                "mem_gb": mem_gb}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return params
 
 
 def _executor(launcher: str, folder: Path, slurm: dict[str, Any]) -> Any:

@@ -34,7 +34,15 @@ from medvit.study.figure import plot_figure
 from medvit.study.paired import align_predictions, paired_difference, resampled_scores, shared_resamples
 from medvit.study.verdicts import NOT_RESOLVED, Verdict, verdict
 
-__all__ = ["CellResult", "claim_verdict", "dataset_table", "load_results", "write_study_report"]
+__all__ = [
+    "PAGE_MARKER",
+    "CellResult",
+    "claim_verdict",
+    "dataset_table",
+    "load_results",
+    "write_results_page",
+    "write_study_report",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -290,6 +298,15 @@ def _curves(dataset: str, cells: dict[str, CellResult], selection: str, path: Pa
     figure.savefig(path, dpi=100)
 
 
+def _starts(cfg: StudyConfig) -> str:
+    """Which start each backbone's cells used (``distilled`` / ``imagenet`` with its weights / ``scratch``)."""
+    starts = {b: cfg.backbone_start(b) for b in cfg.backbones}
+    if len(set(starts.values())) == 1 and cfg.start != "imagenet":
+        return f"`{cfg.start}` for every backbone"
+    described = [f"{b} `{s}`" + (f" ({cfg.weights[b]})" if s == "imagenet" else "") for b, s in starts.items()]
+    return ", ".join(described)
+
+
 def _md(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False) + "\n" if len(frame) else "(no finished cells)\n"
 
@@ -301,8 +318,9 @@ def write_study_report(cfg: StudyConfig, study_dir: str | Path, out: str | Path 
     out.mkdir(parents=True, exist_ok=True)
     results, missing = load_results(cfg, study_dir)
     sections = [f"# Transfer study `{cfg.name}`: report\n",
-                f"Regenerate: `medvit study --config <this study's YAML> --out {study_dir} --report-only`. "
-                f"Start `{cfg.start}`, {cfg.image_size[0]}×{cfg.image_size[1]} px, selection on validation "
+                f"Regenerate: `medvit study --config <this study's YAML> --out {study_dir} --report-only"
+                f"{'' if out == study_dir / 'report' else f' --report-dir {out}'}`. "
+                f"Start: {_starts(cfg)}; {cfg.image_size[0]}×{cfg.image_size[1]} px, selection on validation "
                 f"`{cfg.selection}`, seeds {cfg.seeds}; reference backbone `{cfg.reference}`. 95% stratified bootstrap "
                 f"CIs ({cfg.n_bootstrap} resamples) on the test split; the best point estimate per column in bold.\n"]
     if missing:
@@ -370,3 +388,38 @@ def write_study_report(cfg: StudyConfig, study_dir: str | Path, out: str | Path 
     atomic_write_text(out / "index.md", "\n".join(sections))
     _logger.info("wrote %s", out / "index.md")
     return out
+
+
+PAGE_MARKER = "<!-- medvit study: everything below this line is generated; edit the text above it -->"
+
+
+def write_results_page(page: str | Path, report_dir: str | Path) -> Path:
+    """Replace the generated part of a results page (``docs/transfer_study.md``) with the report's ``index.md``.
+
+    The page's text above :data:`PAGE_MARKER` (protocol, what the scale can say) is kept; below it goes the
+    report, its headings one level down and its links made relative to the page.
+
+    Raises:
+        FileNotFoundError: the report has no ``index.md`` yet.
+        ValueError: the page exists without the marker line (it would be overwritten).
+    """
+    import os
+    import re
+
+    page, report_dir = Path(page), Path(report_dir)
+    index = report_dir / "index.md"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} not found; write the report first (medvit study ... --report-only)")
+    preface = f"# Transfer study\n\n{PAGE_MARKER}\n"
+    if page.is_file():
+        text = page.read_text()
+        if PAGE_MARKER not in text:
+            raise ValueError(f"{page}: no line '{PAGE_MARKER}'; add it where the generated report should start")
+        preface = text[: text.index(PAGE_MARKER) + len(PAGE_MARKER)] + "\n"
+    prefix = Path(os.path.relpath(report_dir.resolve(), page.resolve().parent)).as_posix()
+    body = index.read_text()
+    body = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", body, flags=re.MULTILINE)
+    body = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+)\)", lambda m: f"]({prefix}/{m.group(1)})", body)
+    atomic_write_text(page, preface + "\n" + body)
+    _logger.info("wrote %s", page)
+    return page

@@ -26,6 +26,8 @@ __all__ = [
     "TrainConfig",
     "EarlyStoppingConfig",
     "DistillConfig",
+    "CrossValidationConfig",
+    "CV_FINALS",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -39,7 +41,9 @@ _logger = logging.getLogger(__name__)
 
 MODES = ("full", "linear", "freeze_stages:N (N = 1..4)")
 CLASS_WEIGHTINGS = ("none", "inverse", "effective")
+CV_FINALS = ("ensemble", "refit")
 _ES_METRICS = (
+    "epoch",  # every epoch improves: keeps the last one (a refit, whose validation split is its training data)
     "val_loss",
     "val_accuracy",
     "val_balanced_accuracy",
@@ -63,7 +67,7 @@ class EarlyStoppingConfig:
 
     Attributes:
         metric: validation metric that selects ``best.safetensors`` and drives early stopping;
-            ``val_loss`` is minimised, every other metric maximised.
+            ``val_loss`` is minimised, every other metric maximised; ``epoch`` keeps the last epoch.
         patience: epochs without improvement before stopping; ``0`` disables early stopping
             (the best checkpoint is still selected by ``metric``).
     """
@@ -95,6 +99,22 @@ class DistillConfig:
     teacher: str | None = None
     temperature: float = field(default=4.0, metadata=_range(0.0, None, low_open=True))
     alpha: float = field(default=0.5, metadata=_range(0.0, 1.0))
+
+
+@dataclass
+class CrossValidationConfig:
+    """K-fold cross-validation over the train+val rows of the manifest (:mod:`medvit.workflows.cv`).
+
+    Attributes:
+        folds: number of grouped, stratified folds ``K`` (``null``: an ordinary run on the manifest's
+            own train/val split). Every class needs at least ``K`` groups in train+val.
+        final: the predictor evaluated on the test split: ``ensemble`` (mean of the K fold models'
+            calibrated probabilities) or ``refit`` (one model trained on train+val for the epoch count
+            the folds chose).
+    """
+
+    folds: int | None = field(default=None, metadata=_range(2, 100))
+    final: str = field(default="ensemble", metadata=_choices(*CV_FINALS))
 
 
 @dataclass
@@ -142,6 +162,7 @@ class TrainConfig:
         seed: seed of weights init, data order and augmentation (a function of seed and epoch).
         early_stopping: see :class:`EarlyStoppingConfig`.
         distill: see :class:`DistillConfig`.
+        cv: see :class:`CrossValidationConfig`.
         num_workers: data-loader worker processes per training process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         eval_split: split evaluated after training into ``predictions.csv``.
@@ -180,6 +201,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
     num_workers: int = field(default=0, metadata=_range(0, 256))
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     eval_split: str = field(default="test", metadata=_choices("train", "val", "test"))

@@ -179,9 +179,14 @@ def train(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False) ->
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: {out} is not a run to resume; drop --resume to start it")
         cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
-    elif (out / LAST_STATE).exists() and try_recover_checkpoint(out, finish_commit=False) is not None:
+    if cfg is not None and cfg.cv.folds is not None:
+        raise ValueError(
+            f"config key 'cv.folds' is {cfg.cv.folds}: a cross-validated run is trained by "
+            "medvit.workflows.cv.train_cv ('medvit train' does this); train() runs one fold"
+        )
+    if not resume and (out / LAST_STATE).exists() and try_recover_checkpoint(out, finish_commit=False) is not None:
         raise ValueError(f"{out} already holds a run; continue it with --resume or choose another --out")
-    elif results := holds_results(out):
+    elif not resume and (results := holds_results(out)):
         raise ValueError(f"{out} holds results of a run ({results}) but no training state; choose another --out")
 
     ctx = DistContext.from_env(cfg.device)
@@ -240,7 +245,7 @@ class _Trainer:
             preset=self.data["preset"], seed=cfg.seed, cache=cfg.cache, batch_size=self.per_rank_batch,
         )
         self.train_data = load_split(split="train", train=True, **self.split_args)
-        self.val_data = load_split(split="val", train=False, **self.split_args)
+        self.val_data = self._validation_split()
         labels = self.train_data.labels
         self.sample_weights = _sample_weights(labels, K) if cfg.balanced_sampler else None
         weights = class_weights(labels, K, cfg.class_weighting, cfg.class_weight_beta)
@@ -278,6 +283,16 @@ class _Trainer:
         self.step = TrainStep(self.net, ctx.device, self.precision, cfg.compile)
         self.log("training step: %s%s on %s", self.precision, ", compiled" if cfg.compile else "", ctx.device)
         self.interactive = ctx.is_main and sys.stderr.isatty()
+
+    def _validation_split(self) -> SplitData | None:
+        """The val split; ``None`` for a run that keeps its last epoch (``early_stopping.metric: epoch``)
+        on a manifest without one (the refit of a cross-validated run, :mod:`medvit.workflows.cv`)."""
+        from medvit.data.manifest import read_manifest
+
+        if self.cfg.early_stopping.metric == "epoch" and not (read_manifest(self.cfg.manifest)["split"] == "val").any():
+            self.log("no val split: keeping the last epoch, no validation metrics or calibration")
+            return None
+        return load_split(split="val", train=False, **self.split_args)
 
     def _criterion(self, weights: torch.Tensor | None) -> nn.Module:
         """The supervised loss: cross-entropy on one-hot (smoothed) or ordinal soft labels (graded data only)."""
@@ -366,7 +381,8 @@ class _Trainer:
             shown = "" if monitor == "val_loss" else f" {monitor} {row[monitor]:.4f}"
             self.log(
                 "epoch %d/%d train_loss %.4f val_loss %.4f%s%s (%.1fs)",
-                epoch + 1, cfg.epochs, train_loss, row["val_loss"], shown, " *" if improved else "", row["epoch_time_s"],
+                epoch + 1, cfg.epochs, train_loss, row.get("val_loss", float("nan")), shown, " *" if improved else "",
+                row["epoch_time_s"],
             )
             epochs_bar.set_postfix(train_loss=f"{train_loss:.4f}", **{monitor: f"{row[monitor]:.4f}"})
             self.ctx.barrier()
@@ -439,6 +455,8 @@ class _Trainer:
         """Validation loss and metrics (``val_*``) of the current weights."""
         from medvit.metrics import compute_metrics
 
+        if self.val_data is None:
+            return {}
         loader = self._loader(self.val_data, epoch=epoch, train=False)
         preds = predict(self.net, loader, self.ctx, self.use_amp, progress=self.interactive, desc="val")
         device = self.ctx.device
@@ -455,6 +473,8 @@ class _Trainer:
         ctx.barrier()
         load_run_weights(self.model, self.out / BEST_WEIGHTS)
         splits = [cfg.eval_split] if cfg.eval_split == "val" else ["val", cfg.eval_split]
+        if self.val_data is None:
+            splits = [split for split in splits if split != "val"]
         for split in splits:
             data = self.val_data if split == "val" else load_split(split=split, train=False, **self.split_args)
             preds = predict(self.net, self._loader(data, epoch=0, train=False), ctx, self.use_amp,

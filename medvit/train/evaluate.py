@@ -64,6 +64,11 @@ def evaluate_run(
     ctx = DistContext.from_env(device)
     try:
         run = load_run(run_dir, device=ctx.device)
+        if run.info.get("cv") and split in ("train", "val") and manifest is None:
+            raise ValueError(
+                f"{run_dir} is cross-validated: its final predictor trained on the {split} split; the held-out "
+                f"predictions of train+val are {predictions_filename('oof')} (every image by the fold that did not train on it)"
+            )
         manifest = manifest or run.config.get("manifest")
         root = root or run.config.get("root")
         if not manifest or not root:

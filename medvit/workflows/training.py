@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medvit.report import write_report
 from medvit.reporting.calibrate import calibrate_run
-from medvit.run_dir import read_config
+from medvit.run_dir import predictions_filename, read_config
 from medvit.train.config import TrainConfig, config_from_dict
 from medvit.train.engine import TrainResult, train
 
@@ -29,8 +29,8 @@ def finish_run(run_dir: str | Path, cfg: TrainConfig | None = None) -> None:
     """
     run_dir = Path(run_dir)
     cfg = config_from_dict(read_config(run_dir)) if cfg is None else cfg
-    if cfg.eval_split != "val":
-        calibrate_run(run_dir)
+    if cfg.eval_split != "val" and (run_dir / predictions_filename("val")).is_file():
+        calibrate_run(run_dir)  # not for a run without a validation split (a cross-validated run's refit)
     if cfg.report:
         write_report(run_dir, split=cfg.eval_split, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
 
