@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # pyplot-free: no global backend or figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from medvit.metrics import ClassificationMetrics, Estimate, compute_metrics
+from medvit.train.probabilities import probability_columns
 from medvit.run_dir import (
     REPORT_DIR,
     ReportFiles,
@@ -207,7 +208,7 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     info = read_model_info(run_dir)
     class_names = [str(c) for c in info["class_names"]]
     frame = read_predictions(run_dir, split, class_names)
-    probabilities = frame[[f"prob_{name}" for name in class_names]].to_numpy(dtype=np.float64)
+    probabilities = probability_columns(frame, class_names)
     labels = frame["label"].to_numpy(dtype=np.int64)
     is_ordinal = bool(info.get("is_ordinal", False))
     metrics = compute_metrics(labels, probabilities, class_names, is_ordinal=is_ordinal, n_bootstrap=n_bootstrap, seed=seed)

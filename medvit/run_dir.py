@@ -27,6 +27,20 @@ from safetensors.torch import save_file
 from torch import nn
 
 from medvit.errors import UnknownNameError
+from medvit.run_names import (  # re-exported: the run's file names live in one module
+    BEST_WEIGHTS,
+    CONFIG_YAML,
+    FOLDS_CSV,
+    LAST_STATE,
+    LAST_WEIGHTS,
+    METRICS_CSV,
+    MODEL_JSON,
+    OOF_SPLIT,
+    PREDICTIONS_CSV,
+    REPORT_DIR,
+    SELECTION_JSON,
+    TRAIN_LOG,
+)
 
 __all__ = [
     "TIMING_COLUMNS",
@@ -69,22 +83,8 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-MODEL_JSON = "model.json"
-CONFIG_YAML = "config.yaml"
-BEST_WEIGHTS = "best.safetensors"
-LAST_WEIGHTS = "last.safetensors"
-LAST_STATE = "last_state.pt"
-METRICS_CSV = "metrics.csv"
 #: ``metrics.csv`` columns that measure wall-clock time (they differ between two identical runs).
 TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s", "images_per_s", "data_wait_s", "compile_s")
-PREDICTIONS_CSV = "predictions.csv"
-TRAIN_LOG = "train.log"
-SELECTION_JSON = "selection.json"
-REPORT_DIR = "report"
-OOF_SPLIT = "oof"
-"""The out-of-fold predictions of a cross-validated run: ``predictions_oof.csv``, every train+val image once."""
-FOLDS_CSV = "folds.csv"
-"""A cross-validated run's fold assignment: ``image, label, group, split, fold`` of every train+val row."""
 _REQUIRED_INFO = ("model", "class_names", "image_size", "mean", "std")
 
 

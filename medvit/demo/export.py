@@ -21,6 +21,8 @@ import torch
 from medvit.errors import UnknownNameError
 from medvit.hashing import sha256_file
 from medvit.report import read_summary, summary_estimate
+from medvit.train.probabilities import probability_columns
+from medvit.workflows.cv import chosen_epochs
 from medvit.run_dir import (
     BEST_WEIGHTS,
     CONFIG_YAML,
@@ -117,11 +119,9 @@ def _out_of_fold_score(run: Path, info: Mapping[str, Any], metric: str) -> tuple
 
     from medvit.boundary.predictions import read_predictions_file
     from medvit.metrics import compute_metrics
-    from medvit.workflows.cv import chosen_epochs
-
     names = [str(c) for c in info["class_names"]]
     frame = read_predictions_file(run / predictions_filename("oof"), names)
-    probs = frame[[f"prob_{c}" for c in names]].to_numpy()
+    probs = probability_columns(frame, names)
     summary = compute_metrics(frame["label"].to_numpy(), probs, names, bool(info.get("is_ordinal")), n_bootstrap=0).summary()
     if metric not in summary:
         raise KeyError(f"{run}: out-of-fold {metric!r} is not computed; choose --metric from {', '.join(summary)}")
@@ -303,7 +303,7 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
         info = read_model_info(folder)
         names = [str(c) for c in info["class_names"]]
         frame = read_predictions_file(folder / predictions_filename("oof" if info.get("cv") else "val"), names)
-        probs = frame[[f"prob_{c}" for c in names]].to_numpy()
+        probs = probability_columns(frame, names)
         summary = compute_metrics(frame["label"].to_numpy(), probs, names, bool(info.get("is_ordinal")), n_bootstrap=0).summary()
         scores.setdefault(str(info.get("dataset", "")), []).append((float(summary[metric]), folder))
     chosen = {}

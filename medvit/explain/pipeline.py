@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ContextManager, Sequence
 
 import numpy as np
+from scipy.special import softmax
 import torch
 
 from medvit.explain.cam import StageCams, compute_stage_cams
@@ -249,9 +250,7 @@ class Explanation:
 def _calibrated(cams: StageCams, temperature: float | None) -> np.ndarray:
     if temperature is None or float(temperature) == 1.0 or cams.logits is None:  # T = 1: today's softmax, bit for bit
         return np.asarray(cams.probabilities, dtype=np.float64)
-    logits = np.asarray(cams.logits, dtype=np.float64) / float(temperature)
-    logits -= logits.max()
-    return np.exp(logits) / np.exp(logits).sum()
+    return softmax(np.asarray(cams.logits, dtype=np.float64) / float(temperature), axis=-1)
 
 
 def _run_temperature(run: Any) -> float | None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.metrics import CalibrationErrorMetric, calibration_binning
 from scipy.optimize import minimize_scalar
+from scipy.special import softmax
 from sklearn.metrics import brier_score_loss, log_loss
 
 from medvit.metrics.bootstrap import Estimate, bootstrap_estimate, json_clean
@@ -79,12 +80,6 @@ class CalibrationMetrics:
         return json_clean(asdict(self))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """``log p`` clipped away from 0: logits up to a per-row constant, which softmax ignores."""
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, None))
@@ -98,7 +93,7 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if float(temperature) == 1.0:
         return probabilities
-    return _softmax(log_probabilities(probabilities) / float(temperature))
+    return softmax(log_probabilities(probabilities) / float(temperature), axis=1)
 
 
 def nll(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -28,6 +28,7 @@ from typing import Any
 from medvit.hashing import sha256_file
 from medvit.models import efficientnet_lite
 from medvit.models.checkpoints import HUB_WEIGHT_FILES, hub_cache_dir, hub_cached_file
+from medvit.run_names import MODEL_JSON, PRETRAIN_WEIGHTS
 
 __all__ = [
     "PRETRAIN_KIND",
@@ -42,9 +43,6 @@ _logger = logging.getLogger(__name__)
 
 PRETRAIN_KIND = "pretrain"
 """``model.json["kind"]`` of a ``medvit pretrain`` run directory."""
-PRETRAIN_WEIGHTS = "backbone.safetensors"
-"""The distilled backbone of a pretrain run (no adapters, no classifier)."""
-_RUN_INFO = "model.json"  # the run description file, as medvit.run_dir.MODEL_JSON
 _BUNDLED_PREFIX = "bundled:"
 _HUB_PREFIX = "hf-hub:"
 _DATA_KEYS = ("mean", "std", "input_size")  # of a pretrained_cfg, recorded in model.json
@@ -111,7 +109,7 @@ def _read_run_info(folder: str | Path) -> dict[str, Any] | None:
     Raises:
         ValueError: ``model.json`` exists but is not valid JSON.
     """
-    info_path = Path(folder) / _RUN_INFO
+    info_path = Path(folder) / MODEL_JSON
     if not info_path.is_file():
         return None
     try:

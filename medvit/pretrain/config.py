@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from medvit.run_dir import MODEL_JSON
 from medvit.train.config import EXPONENT_NUMBER, apply_overrides, translate_legacy_amp
 
 __all__ = ["TEACHERS", "PretrainConfig", "DataSource", "load_pretrain_config", "pretrain_config_from_dict", "pretrain_config_to_dict"]
@@ -116,7 +117,7 @@ class PretrainConfig:
             )
         self.stage_weights = [float(w) for w in weights]
         if not isinstance(self.teacher, str) or (
-            self.teacher not in TEACHERS and not (Path(self.teacher) / "model.json").is_file()
+            self.teacher not in TEACHERS and not (Path(self.teacher) / MODEL_JSON).is_file()
         ):
             raise ValueError(
                 f"config key 'teacher': got {self.teacher!r}; expected one of {', '.join(TEACHERS)} (bundled ImageNet "

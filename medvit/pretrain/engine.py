@@ -38,7 +38,7 @@ from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pr
 from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
 from medvit.pretrain.losses import PretrainLoss
 from medvit.pretrain.teacher import TeacherSource, load_teacher
-from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, MODEL_JSON, atomic_write_text, load_run_weights, save_run_weights
+from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, METRICS_CSV, MODEL_JSON, TRAIN_LOG, atomic_write_text, load_run_weights, save_run_weights
 from medvit.train.acceleration import TrainStep, resolve_precision, train_autocast
 from medvit.train.checkpoint import (
     clean_interrupted_writes,
@@ -56,8 +56,6 @@ __all__ = ["METRICS_CSV", "TRAIN_LOG", "PretrainResult", "pretrain"]
 
 _logger = logging.getLogger(__name__)
 
-METRICS_CSV = "metrics.csv"
-TRAIN_LOG = "train.log"
 _LOG_EVERY = 50  # steps between progress lines in train.log
 _PARTS = ("stage1", "stage2", "stage3", "stage4", "kl")
 

@@ -32,6 +32,7 @@ from medvit.study.cells import CAM_DIR, Cell, cell_state, plan_cells
 from medvit.study.config import Claim, StudyConfig
 from medvit.study.figure import plot_figure
 from medvit.study.paired import align_predictions, paired_difference, resampled_scores, shared_resamples
+from medvit.train.probabilities import probability_columns
 from medvit.study.verdicts import NOT_RESOLVED, Verdict, verdict
 
 __all__ = [
@@ -101,10 +102,6 @@ def _ordered(cfg: StudyConfig, names: Sequence[str]) -> list[str]:
     return [b for b in order if b in names]
 
 
-def _probabilities(frame: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray:
-    return frame[[f"prob_{c}" for c in class_names]].to_numpy(dtype=np.float64)
-
-
 def _fmt(est: Estimate | None) -> str:
     return "n/a" if est is None else est.format(3)
 
@@ -135,7 +132,7 @@ def dataset_table(cfg: StudyConfig, dataset: str, cells: dict[str, CellResult]) 
         names = result.class_names
         labels = result.test["label"].to_numpy(dtype=np.int64)
         ordinal = "qwk" in result.metrics.columns or dataset == "eyepacs"
-        m = compute_metrics(labels, _probabilities(result.test, names), names, is_ordinal=ordinal,
+        m = compute_metrics(labels, probability_columns(result.test, names), names, is_ordinal=ordinal,
                             n_bootstrap=cfg.n_bootstrap, seed=0)
         entries: dict[str, Estimate | None] = {}
         for c in m.per_class:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy.special import softmax
 import pandas as pd
 
 from medvit.metrics.calibration import apply_temperature, log_probabilities
@@ -55,10 +56,7 @@ def unscaled_probabilities(frame: pd.DataFrame, class_names: Sequence[str], wher
     file_t = frame[TEMPERATURE_COLUMN].to_numpy(dtype=np.float64)
     if np.all(file_t == 1.0):
         return probs
-    z = log_probabilities(probs) * file_t[:, None]
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(log_probabilities(probs) * file_t[:, None], axis=1)
 
 
 def run_temperature(info: Mapping[str, Any]) -> float:
