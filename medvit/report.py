@@ -273,9 +273,7 @@ def format_estimate(est: Mapping[str, Any] | None, digits: int = 3) -> str:
 
     The text is :meth:`medvit.metrics.Estimate.format`'s, so reports, tables and the model card agree.
     """
-    if est is None or est.get("value") is None:
-        return "n/a"
-    return Estimate(est["value"], *(np.nan if est.get(k) is None else est[k] for k in ("low", "high"))).format(digits)
+    return Estimate.from_dict(est).format(digits)
 
 
 def _latex_escape(text: str) -> str:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import bootstrap
 
 from medvit.explain.cam import StageCams
+from medvit.metrics.bootstrap import bootstrap_estimate
 from medvit.explain.options import DEFAULT_TOP_FRACTION
 
 __all__ = [
@@ -121,17 +120,12 @@ def _mean_ci(values: np.ndarray, confidence: float, n_resamples: int, seed: int)
     mean, std = float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
     if values.size < 2 or np.all(values == values[0]):
         return mean, std, mean, mean
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = bootstrap(
-            (values,),
-            np.mean,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    return mean, std, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    # the project's one bootstrap (medvit.metrics.bootstrap), over images (one stratum), as the reports' CIs
+    interval = bootstrap_estimate(
+        lambda idx: values[idx].mean(axis=-1), np.zeros(values.size, dtype=np.int64),
+        n_bootstrap=n_resamples, seed=seed, confidence=confidence, vectorised=True,
+    )
+    return mean, std, interval.low, interval.high
 
 
 def summarize_scores(

@@ -8,7 +8,7 @@ resample, and take the percentile interval.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -28,6 +28,12 @@ class Estimate:
     value: float
     low: float = float("nan")
     high: float = float("nan")
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any] | None) -> Estimate:
+        """From a ``summary.json`` record ``{"value", "low", "high"}``; ``None`` or a missing key is ``nan``."""
+        record = record or {}
+        return cls(*(float("nan") if record.get(k) is None else float(record[k]) for k in ("value", "low", "high")))
 
     def format(self, digits: int = 3) -> str:
         """``0.912 (0.880-0.940)``, or only the value when there is no interval."""

@@ -10,11 +10,7 @@ __all__ = ["clinical_card"]
 
 
 def _fmt(d: Mapping[str, Any] | None, digits: int = 3) -> str:
-    d = d or {}
-    if d.get("value") is None:
-        return "n/a"
-    low, high = d.get("low"), d.get("high")
-    return Estimate(float(d["value"]), float("nan") if low is None else float(low), float("nan") if high is None else float(high)).format(digits)
+    return Estimate.from_dict(d).format(digits)
 
 
 def clinical_card(summary: Mapping[str, Any] | None) -> dict[str, str]:

@@ -62,12 +62,7 @@ def subgroup_frame(predictions: pd.DataFrame, manifest: str | Path | None, colum
 
 
 def _estimate(d: Mapping[str, Any] | None) -> Estimate:
-    d = d or {}
-    value = d.get("value")
-    return Estimate(
-        float("nan") if value is None else float(value),
-        *(float("nan") if d.get(k) is None else float(d[k]) for k in ("low", "high")),
-    )
+    return Estimate.from_dict(d)
 
 
 def clinical_summary(

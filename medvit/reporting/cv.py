@@ -137,10 +137,7 @@ def cv_summary(run_dir: str | Path, info: Mapping[str, Any], n_bootstrap: int = 
 
 
 def _f(d: Mapping[str, Any] | None, digits: int = 3) -> str:
-    d = d or {}
-    if d.get("value") is None:
-        return "n/a"
-    return Estimate(float(d["value"]), *(float("nan") if d.get(k) is None else float(d[k]) for k in ("low", "high"))).format(digits)
+    return Estimate.from_dict(d).format(digits)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
