@@ -27,6 +27,7 @@ from medvit.run_dir import (
     read_model_info,
     split_sizes,
 )
+from medvit.markdown import markdown_table
 
 __all__ = [
     "write_report",
@@ -81,12 +82,6 @@ def per_class_table(metrics: ClassificationMetrics) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _per_class_markdown(metrics: ClassificationMetrics) -> str:
     header = ["Class", "Support", "Precision", "Recall (sens.)", "Specificity", "F1", "AUROC"]
     rows = [
@@ -106,7 +101,7 @@ def _per_class_markdown(metrics: ClassificationMetrics) -> str:
         f"\n{int(metrics.confidence * 100)}% CIs: stratified bootstrap, {metrics.n_bootstrap} resamples, "
         f"seed {metrics.seed} (percentile intervals).\n" if metrics.n_bootstrap else "\n"
     )
-    return _markdown_table(header, rows) + "\n" + "\n".join(overall) + "\n" + note
+    return markdown_table(header, rows) + "\n" + "\n".join(overall) + "\n" + note
 
 
 def _plot_confusion(path: Path, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> None:
@@ -163,7 +158,7 @@ def _index_markdown(run_dir: Path, info: dict[str, Any], split: str, metrics: Cl
         lines.append("")
         header = ["Class", "train", "val", "test"]
         table = [[name, v.get("train", 0), v.get("val", 0), v.get("test", 0)] for name, v in counts.items()]
-        lines.append(_markdown_table(header, table))
+        lines.append(markdown_table(header, table))
     if info.get("manifest_num_rejected") is not None:
         lines.append(f"- Rejected files at `medvit prepare`: {info['manifest_num_rejected']}")
     if info.get("manifest_num_duplicate_sets") is not None:
@@ -356,7 +351,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, split: str = "
     note = (
         f"\n{split} split; values with 95% stratified bootstrap CIs. P = precision, R = recall (sensitivity).\n"
     )
-    atomic_write_text(paths["md"], _markdown_table(columns, text_rows) + note)
+    atomic_write_text(paths["md"], markdown_table(columns, text_rows) + note)
 
     tex = [
         r"\begin{tabular}{l" + "c" * (len(columns) - 1) + "}",

@@ -20,6 +20,7 @@ from medvit.run_dir import (
     kept_epoch, monitored_metric, read_config, read_metrics, read_model_info, read_selection, split_sizes,
     training_seconds,
 )
+from medvit.markdown import markdown_table
 
 __all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
 
@@ -231,7 +232,7 @@ def demo_models_markdown(embedded_dir: str | Path | None = None) -> str:
         "model folder", "backbone", "dataset", "how trained", "input", "epochs", "test n",
         "accuracy", "balanced accuracy", "macro F1", "train time",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for entry in entries:
         card = load_model_card(entry.path)
         how = card.selection.get("how", "")
@@ -257,5 +258,5 @@ def demo_models_markdown(embedded_dir: str | Path | None = None) -> str:
             card.summary.get("macro F1", "n/a"),
             minutes,
         ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(row)
+    return markdown_table(header, rows)

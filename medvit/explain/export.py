@@ -29,6 +29,7 @@ from medvit.explain.localization import DEFAULT_TOP_FRACTION
 from medvit.explain.overlay import figure_to_png, overlay_cam, render_curves, render_grid
 from medvit.explain.pipeline import Explanation, explain, resolve_class
 from medvit.explain.split import SplitScores, score_split
+from medvit.markdown import markdown_table
 
 __all__ = [
     "EXPLANATION_JSON",
@@ -256,10 +257,11 @@ def split_scores_markdown(result: SplitScores) -> str:
     """The per-stage table as Markdown: ``mean [95% CI]`` per score and stage, with a note on settings."""
     table = result.table
     header = ["stage", "stride", "n", *result.scores]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in table.iterrows():
-        cells = [f"{row['stage']} ({row['module']})", str(row["stride"]), str(row["n"])]
-        lines.append("| " + " | ".join(cells + [_cell(row, name) for name in result.scores]) + " |")
+    rows = [
+        [f"{row['stage']} ({row['module']})", row["stride"], row["n"], *(_cell(row, name) for name in result.scores)]
+        for _, row in table.iterrows()
+    ]
+    lines = [markdown_table(header, rows).rstrip("\n")]
     first = table.iloc[0]
     note = (
         f"\n{first['method']} CAMs for the {'true' if first['target'] == 'label' else 'predicted'} class; "

@@ -29,6 +29,7 @@ from medvit.reporting.calibrate import fit_calibration
 from medvit.train.probabilities import unscaled_probabilities
 from medvit.reporting.plots import plot_operating_points, plot_reliability
 from medvit.run_dir import ReportFiles
+from medvit.markdown import markdown_table
 
 __all__ = ["CLINICAL_FILES", "clinical_markdown", "clinical_summary", "subgroup_frame"]
 
@@ -176,12 +177,6 @@ def _caveats(summary: Mapping[str, Any]) -> list[str]:
     return notes
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _f(d: Mapping[str, Any] | None) -> str:
     return _estimate(d).format()
 
@@ -198,7 +193,7 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
     elif cal["after"]:
         where = f"fitted on {cal['n_val']} {images} images" + ("" if cal["stored"] else ", not stored")
         rows.append([f"after scaling (T = {cal['temperature']:.3f}, {where})"] + [_f(cal["after"][k]) for k in ("ece", "adaptive_ece", "mce", "brier", "nll")])
-    lines.append(_table(["", "ECE (15 bins)", "adaptive ECE", "MCE", "Brier", "NLL"], rows))
+    lines.append(markdown_table(["", "ECE (15 bins)", "adaptive ECE", "MCE", "Brier", "NLL"], rows))
     lines += [
         "ECE: mean gap between confidence and accuracy over 15 equal-width confidence bins (adaptive: equal-count "
         "bins; MCE: the largest gap). Lower is better; temperature scaling changes no prediction, only how sure it is.",
@@ -223,7 +218,7 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
                 ]
                 for r in q["points"]
             ]
-            lines.append(_table(["Operating point", "Threshold", "Val. sens.", "Sensitivity", "Specificity", "PPV", "NPV", "TP/FP/TN/FN"], rows))
+            lines.append(markdown_table(["Operating point", "Threshold", "Val. sens.", "Sensitivity", "Specificity", "PPV", "NPV", "TP/FP/TN/FN"], rows))
         else:
             lines.append("No operating points (the validation or reported split lacks positives or negatives).\n")
         if q is summary["questions"][0] and q["points"]:
@@ -238,7 +233,7 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
             "A set lists every class the model cannot rule out at this level; for exchangeable data it holds the "
             f"true class for at least {100 * (1 - conf['alpha']):g} % of images.",
             "",
-            _table(
+            markdown_table(
                 ["True class", "n", "Coverage", "Mean set size"],
                 [[name, c["n"], _f(c["coverage"]), _f(c["mean_size"])] for name, c in conf["per_class"].items()],
             ),
@@ -260,7 +255,7 @@ def clinical_markdown(summary: Mapping[str, Any], split: str) -> str:
                 for g in table["groups"]
             ]
             header = [table["column"], "n", *([first] if first else []), "Recall", "Balanced accuracy", "AUROC"]
-            lines += [f"### {table['column']}", "", _table(header, rows)]
+            lines += [f"### {table['column']}", "", markdown_table(header, rows)]
             worst = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in table["worst"].items() if v is not None)
             lines += [f"Worst group: {worst or 'n/a (fewer than two groups of 10+ images)'}", ""]
     for note in summary.get("notes", []):

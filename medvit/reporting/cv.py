@@ -26,6 +26,7 @@ from medvit.metrics.bootstrap import Estimate
 from medvit.metrics.calibration import apply_temperature, compute_calibration
 from medvit.train.probabilities import unscaled_probabilities
 from medvit.run_dir import OOF_SPLIT, PREDICTIONS_CSV, predictions_filename
+from medvit.markdown import markdown_table
 
 __all__ = ["cv_markdown", "cv_summary", "describe_cv", "ensemble_probabilities", "fold_temperature"]
 
@@ -140,11 +141,6 @@ def _f(d: Mapping[str, Any] | None, digits: int = 3) -> str:
     return Estimate.from_dict(d).format(digits)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]) + "\n"
-
-
 def _overall(m: Mapping[str, Any]) -> list[str]:
     cells = [_f(m["accuracy"]), _f(m["balanced_accuracy"]), _f((m.get("macro") or {}).get("f1")), _f(m["macro_auroc"])]
     return cells + ([_f(m["qwk"])] if m.get("qwk") else [])
@@ -160,7 +156,7 @@ def cv_markdown(summary: Mapping[str, Any], test: Mapping[str, Any] | None = Non
     if summary.get("ensemble_test"):
         rows.append(["test, fold ensemble (for comparison)", summary["ensemble_test"]["n"], *_overall(summary["ensemble_test"])])
     lines = [
-        "## Cross-validation", "", summary["how"], "", _table(header, rows),
+        "## Cross-validation", "", summary["how"], "", markdown_table(header, rows),
         "95% CIs: stratified bootstrap. The out-of-fold estimate is the honest one before the test split: every "
         "train+val image predicted by the fold model that did not train on it.", "",
     ]
@@ -175,5 +171,5 @@ def cv_markdown(summary: Mapping[str, Any], test: Mapping[str, Any] | None = Non
     for label, spread in (("held-out folds", summary["spread"]), ("fold models on test", summary["fold_test_spread"])):
         if spread:
             spread_rows.append([f"**{label}: mean ± sd**", "", *(f"{spread[k]['mean']:.3f} ± {spread[k]['sd']:.3f}" for k in keys)])
-    lines += ["### Spread across folds", "", _table(["", "n", *(k.replace("_", " ") for k in keys)], spread_rows)]
+    lines += ["### Spread across folds", "", markdown_table(["", "n", *(k.replace("_", " ") for k in keys)], spread_rows)]
     return "\n".join(lines) + "\n"
