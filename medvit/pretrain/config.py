@@ -1,34 +1,30 @@
 """Pretraining configuration: one validated dataclass, read from YAML with ``--set key=value`` overrides.
 
-Every key of the YAML file maps to a field of :class:`PretrainConfig`; unknown keys ("did you mean")
-and bad values raise a ``ValueError`` naming the key and what is allowed. Types are checked from the
-dataclass annotations (:func:`typing.get_type_hints`).
+Every key of the YAML file maps to a field of :class:`PretrainConfig`, checked by the validator that
+``medvit train`` uses (:func:`medvit.config_schema.build_config`): unknown keys ("did you mean") and bad
+values raise a ``ValueError`` naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from medvit.config_schema import apply_overrides, build_config, image_size_pair
+from medvit.config_schema import choices as _choices
+from medvit.config_schema import value_range as _range
 from medvit.run_dir import MODEL_JSON
-from medvit.train.config import EXPONENT_NUMBER, apply_overrides, translate_legacy_amp
+from medvit.train.config import translate_legacy_amp
 
 __all__ = ["TEACHERS", "PretrainConfig", "DataSource", "load_pretrain_config", "pretrain_config_from_dict", "pretrain_config_to_dict"]
 
 TEACHERS = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 """Bundled ImageNet teachers (:mod:`medvit.models.efficientnet_lite`)."""
-
-
-def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
-    return {"range": (low, high, low_open)}
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ class PretrainConfig:
     data: list = field(default_factory=list)
     max_images_per_source: int | None = field(default=None, metadata=_range(1, None))
     max_images: int | None = field(default=None, metadata=_range(1, None))
-    image_size: list = field(default_factory=lambda: [160, 160])
+    image_size: list = field(default_factory=lambda: [160, 160], metadata={"image_size": True})
     crop_scale: float = field(default=0.6, metadata=_range(0.05, 1.0))
     vflip_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
     epochs: int = field(default=20, metadata=_range(1, 10_000))
@@ -95,21 +91,19 @@ class PretrainConfig:
     weight_decay: float = field(default=0.05, metadata=_range(0.0, 10.0))
     warmup_epochs: float = field(default=1.0, metadata=_range(0.0, 10_000))
     grad_clip: float | None = field(default=1.0, metadata=_range(0.0, None, low_open=True))
-    stage_weights: list = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    stage_weights: list[float] = field(
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0], metadata={"expected": "four non-negative numbers (strides 4, 8, 16, 32)"}
+    )
     kl_weight: float = field(default=0.25, metadata=_range(0.0, None))
     temperature: float = field(default=2.0, metadata=_range(0.0, None, low_open=True))
-    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16"))
     compile: bool = False
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     num_workers: int = field(default=0, metadata=_range(0, 256))
-    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, int):
-            self.image_size = [self.image_size, self.image_size]
-        self.image_size = list(self.image_size)
-        if len(self.image_size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in self.image_size):
-            raise ValueError(f"config key 'image_size': expected one positive int or [H, W], got {self.image_size!r}")
+        self.image_size = image_size_pair(self.image_size)
         weights = list(self.stage_weights)
         if len(weights) != 4 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
             raise ValueError(
@@ -154,51 +148,6 @@ def _data_source(index: int, item: Any) -> DataSource:
     return DataSource(manifest=str(item["manifest"]), root=str(item["root"]))
 
 
-def _accepts(value: Any, hint: Any) -> bool:
-    """Whether ``value`` (parsed YAML) fits the annotation ``hint``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is list or origin is list:
-        return isinstance(value, (list, tuple)) or (hint is list and isinstance(value, int))  # image_size: 160
-    if hint is dict or origin is dict:
-        return isinstance(value, Mapping)
-    return True
-
-
-def _check(key: str, value: Any, hint: Any, f: dataclasses.Field) -> Any:
-    takes_float = hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
-    if takes_float and isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
-        value = float(value)
-    if not _accepts(value, hint):
-        raise ValueError(f"config key '{key}': expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    if value is None:
-        return None
-    if takes_float:
-        value = float(value)
-    if "choices" in f.metadata and value not in f.metadata["choices"]:
-        raise ValueError(f"config key '{key}': got {value!r}; allowed: {', '.join(map(str, f.metadata['choices']))}")
-    if "range" in f.metadata:
-        low, high, low_open = f.metadata["range"]
-        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-            bracket = "(" if low_open else "["
-            raise ValueError(
-                f"config key '{key}': {value!r} is out of range; allowed: {bracket}{'-inf' if low is None else low}, "
-                f"{'inf' if high is None else high}]"
-            )
-    return value
-
-
 def pretrain_config_from_dict(data: Mapping[str, Any]) -> PretrainConfig:
     """Build and validate a :class:`PretrainConfig` from a mapping.
 
@@ -207,16 +156,7 @@ def pretrain_config_from_dict(data: Mapping[str, Any]) -> PretrainConfig:
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"a pretrain config is a mapping of keys, got {data!r}")
-    data = translate_legacy_amp(data)
-    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
-    hints = typing.get_type_hints(PretrainConfig)
-    for name in data:
-        if name not in fields:
-            close = difflib.get_close_matches(str(name), list(fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(f"unknown config key '{name}'{hint}; allowed keys: {', '.join(sorted(fields))}")
-    kwargs = {name: _check(name, value, hints[name], fields[name]) for name, value in data.items()}
-    return PretrainConfig(**kwargs)
+    return build_config(PretrainConfig, translate_legacy_amp(data))
 
 
 def pretrain_config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
