@@ -48,6 +48,7 @@ __all__ = [
     "load_run",
     "cv_members",
     "read_model_info",
+    "write_model_info",
     "save_run_weights",
     "load_run_weights",
     "read_run_weights",
@@ -253,6 +254,17 @@ def load_run_weights(model: nn.Module, path: str | Path) -> nn.Module:
             "the run directory is inconsistent"
         ) from error
     return model
+
+
+def write_model_info(run_dir: str | Path, info: Mapping[str, Any]) -> Path:
+    """Write ``RUN/model.json`` atomically (indented JSON): the one writer of the file, for every kind of run.
+
+    Training, pretraining, calibration, external evaluation, cross-validation and the demo export
+    all write through here, so a reader never sees half a file.
+    """
+    path = Path(run_dir) / MODEL_JSON
+    atomic_write_text(path, json.dumps(dict(info), indent=2))
+    return path
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:

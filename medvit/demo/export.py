@@ -40,6 +40,7 @@ from medvit.run_dir import (
     read_metrics,
     read_model_info,
     read_selection,
+    write_model_info,
 )
 
 __all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_config"]
@@ -257,7 +258,7 @@ def _make_portable(out_dir: Path) -> None:
             info.update(describe_pretrained(info.get("pretrained"), str(info["model"])))
         except (FileNotFoundError, ValueError) as error:
             _logger.warning("%s: cannot describe the starting weights (%s)", out_dir, error)
-    atomic_write_text(info_path, json.dumps(portable_config(info), indent=2))
+    write_model_info(out_dir, portable_config(info))
 
 
 def remeasure_stored_weights(out_dir: str | Path, device: str = "auto") -> None:

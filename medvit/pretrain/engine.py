@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import sys
 import time
@@ -38,7 +37,7 @@ from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pr
 from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
 from medvit.pretrain.losses import PretrainLoss
 from medvit.pretrain.teacher import TeacherSource, load_teacher
-from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, METRICS_CSV, MODEL_JSON, TRAIN_LOG, atomic_write_text, load_run_weights, save_run_weights
+from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, METRICS_CSV, TRAIN_LOG, atomic_write_text, load_run_weights, save_run_weights, write_model_info
 from medvit.train.acceleration import TrainStep, resolve_precision, train_autocast
 from medvit.train.checkpoint import (
     clean_interrupted_writes,
@@ -268,9 +267,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
             _logger.info("resuming %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
     else:
         atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(pretrain_config_to_dict(cfg), sort_keys=False))
-        atomic_write_text(
-            out / MODEL_JSON, json.dumps(_model_json(cfg, student_kwargs, teacher_source, pool, mean, std, precision), indent=2)
-        )
+        write_model_info(out, _model_json(cfg, student_kwargs, teacher_source, pool, mean, std, precision))
     _logger.info(
         "pretrain %s <- %s on %d images (%s), %dx%d, %d steps/epoch, %d epochs",
         cfg.student, teacher_source.value, len(pool.records), ", ".join(pool.datasets), *cfg.image_size,

@@ -14,7 +14,6 @@ scaled probabilities and a ``prediction_set`` column. Everything that reads a ru
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,7 @@ from medvit.metrics.conformal import conformal_quantile
 from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
 from medvit.train.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
 from medvit.reporting.questions import run_questions
-from medvit.run_dir import MODEL_JSON, OOF_SPLIT, atomic_write_text, predictions_filename, read_model_info
+from medvit.run_dir import OOF_SPLIT, atomic_write_text, predictions_filename, read_model_info, write_model_info
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_SENSITIVITIES", "calibrate_run", "fit_calibration"]
 
@@ -152,7 +151,7 @@ def calibrate_run(
     info["calibration"] = record
     if "questions" not in info:
         info["questions"] = [{"name": q["name"], "positive_classes": q["positive_classes"]} for q in info["calibration"]["questions"]]
-    atomic_write_text(run_dir / MODEL_JSON, json.dumps(info, indent=2))
+    write_model_info(run_dir, info)
     if cv:
         _write_frame(val_path, calibrate_frame(val, class_names, {**info, **fitted}))
     for path, frame in frames.items():

@@ -8,12 +8,11 @@ to the new data. The run directory itself is never written.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from medvit.run_dir import MODEL_JSON, PREDICTIONS_CSV, atomic_write_text, read_model_info
+from medvit.run_dir import PREDICTIONS_CSV, read_model_info, write_model_info
 
 __all__ = [
     "EVALUATIONS_DIR",
@@ -115,9 +114,7 @@ def prepare_external_dir(run_dir: str | Path, out_dir: str | Path, manifest: str
 
 def write_external_info(out_dir: str | Path, info: Mapping[str, Any], record: Mapping[str, Any], run_dir: str | Path) -> Path:
     """``DIR/model.json``: the run's record with ``external`` (data) and ``source_run`` added."""
-    path = Path(out_dir) / MODEL_JSON
-    atomic_write_text(path, json.dumps({**info, "external": dict(record), "source_run": str(run_dir)}, indent=2))
-    return path
+    return write_model_info(out_dir, {**info, "external": dict(record), "source_run": str(run_dir)})
 
 
 def external_markdown(info: Mapping[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,7 +9,7 @@ import torch
 import yaml
 
 from medvit.hashing import sha256_file
-from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, MODEL_JSON, PREDICTIONS_CSV, atomic_write_text
+from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, PREDICTIONS_CSV, atomic_write_text, write_model_info
 from medvit.train.config import TrainConfig, config_to_dict
 
 __all__ = ["dataset_description", "holds_results", "write_run_files"]
@@ -110,4 +109,4 @@ def write_run_files(
         "compile": cfg.compile,
         "torch": torch.__version__,
     }
-    atomic_write_text(out / MODEL_JSON, json.dumps(info, indent=2))
+    write_model_info(out, info)

@@ -56,6 +56,7 @@ from medvit.run_dir import (
     kept_epoch,
     predictions_filename,
     read_metrics,
+    write_model_info,
 )
 from medvit.report import write_report
 from medvit.reporting.calibrate import calibrate_run
@@ -277,7 +278,7 @@ def _write_root_info(cfg: TrainConfig, out: Path, result: CVResult, n_oof: int) 
         "refit_epochs": result.refit_epochs,
         "n_oof": n_oof,
     }
-    atomic_write_text(out / MODEL_JSON, json.dumps(info, indent=2))
+    write_model_info(out, info)
     return info
 
 
