@@ -19,7 +19,8 @@ from medvit.data.synthetic import make_synthetic
 from medvit.models import create_model, sha256_file
 from medvit.models.efficientnet_lite import bundled_weights_path
 from medvit.models.pretrained import describe_pretrained
-from medvit.pretrain import engine, load_pretrain_config, pretrain, pretrain_config_from_dict
+from medvit.pretrain import load_pretrain_config, pretrain, pretrain_config_from_dict
+from medvit.train import loop  # the loop both engines share commits each epoch
 from medvit.run_dir import TIMING_COLUMNS
 
 TINY_VVT = {"embed_dims": [8, 16, 16, 32], "num_heads": [1, 1, 1, 2], "depths": [1, 1, 1, 1], "mlp_ratios": [2, 2, 2, 2]}
@@ -195,16 +196,16 @@ def test_resume_matches_an_uninterrupted_run(pools, tmp_path, monkeypatch):
     cfg = pretrain_config_from_dict(_config(pools, epochs=2, max_images=12))
     reference = pretrain(cfg, tmp_path / "reference")
 
-    real_commit = engine.commit_checkpoint
+    real_commit = loop.commit_checkpoint
 
     def commit_then_die(*args, **kwargs):
         real_commit(*args, **kwargs)
         raise KeyboardInterrupt  # killed right after epoch 1 was committed
 
-    monkeypatch.setattr(engine, "commit_checkpoint", commit_then_die)
+    monkeypatch.setattr(loop, "commit_checkpoint", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, tmp_path / "killed")
-    monkeypatch.setattr(engine, "commit_checkpoint", real_commit)
+    monkeypatch.setattr(loop, "commit_checkpoint", real_commit)
     resumed = pretrain(None, tmp_path / "killed", resume=True)
 
     assert resumed.epochs_run == 2
@@ -219,10 +220,10 @@ def test_resume_matches_an_uninterrupted_run(pools, tmp_path, monkeypatch):
     def die_before_commit(*args, **kwargs):
         raise KeyboardInterrupt  # killed inside epoch 1: nothing committed yet
 
-    monkeypatch.setattr(engine, "commit_checkpoint", die_before_commit)
+    monkeypatch.setattr(loop, "commit_checkpoint", die_before_commit)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, tmp_path / "early")
-    monkeypatch.setattr(engine, "commit_checkpoint", real_commit)
+    monkeypatch.setattr(loop, "commit_checkpoint", real_commit)
     early = pretrain(None, tmp_path / "early", resume=True)
     c = load_file(str(early.backbone))
     assert early.epochs_run == 2 and all(torch.equal(c[k], b[k]) for k in b)

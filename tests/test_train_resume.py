@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import medvit.train.engine as engine
+import medvit.train.loop as loop  # the shared loop commits each epoch
 from medvit.train import load_config, train
 from medvit.run_dir import TIMING_COLUMNS
 
@@ -96,7 +97,7 @@ def test_unreadable_state_is_kept_aside_and_the_run_restarts(busi, reference, tm
 
 def test_fault_right_after_the_last_commit_keeps_every_metrics_row(busi, reference, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real_commit = engine.commit_checkpoint
+    real_commit = loop.commit_checkpoint
 
     def commit_then_die(out, model, state):
         real_commit(out, model, state)
@@ -104,7 +105,7 @@ def test_fault_right_after_the_last_commit_keeps_every_metrics_row(busi, referen
             raise Killed  # before metrics.csv is rewritten with the last row
 
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "commit_checkpoint", commit_then_die)
+        patch.setattr(loop, "commit_checkpoint", commit_then_die)
         with pytest.raises(Killed):
             train(_cfg(busi), run)
     assert len(pd.read_csv(run / "metrics.csv")) == 1  # the window the kill hit

@@ -7,7 +7,7 @@ Importing this package registers our families in timm (``acc_vit_*``, ``vvt_*``)
 from medvit.models import acc_vit, vvt  # noqa: F401  (register acc_vit_* and vvt_* in timm)
 from medvit.models.checkpoints import load_pretrained, sha256_file
 from medvit.models.layout import StageInfo, pyramid_stages, stage_modules, to_nchw
-from medvit.models.registry import ModelInfo, create_model, get_model_info, list_models
+from medvit.models.registry import ModelInfo, create_model, get_model_info, list_models, sized_model_kwargs
 
 __all__ = [
     "ModelInfo",
@@ -15,6 +15,7 @@ __all__ = [
     "create_model",
     "get_model_info",
     "list_models",
+    "sized_model_kwargs",
     "load_pretrained",
     "pyramid_stages",
     "sha256_file",

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import timm
 import torch
@@ -89,6 +89,17 @@ def list_models() -> list[ModelInfo]:
 def get_model_info(name: str) -> ModelInfo | None:
     """The :class:`ModelInfo` of a curated name, or None for any other timm model."""
     return _BY_NAME.get(name)
+
+
+def sized_model_kwargs(name: str, kwargs: Mapping[str, Any], image_size: Sequence[int]) -> dict[str, Any]:
+    """The constructor keywords a run records for ``name`` at ``image_size``: ``kwargs`` plus
+    ``img_size=[H, W]`` for the architectures built for one input size (:attr:`ModelInfo.takes_img_size`),
+    unless ``kwargs`` sets it."""
+    sized = dict(kwargs)
+    info = _BY_NAME.get(name)
+    if info is not None and info.takes_img_size:
+        sized.setdefault("img_size", list(image_size))
+    return sized
 
 
 def _check_name(name: str) -> None:

@@ -11,25 +11,19 @@ stopped leaves a usable backbone. The run directory holds ``config.yaml``, ``mod
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import yaml
 from monai.data import list_data_collate
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from torch import nn
-from tqdm.auto import tqdm
 
-from medvit.errors import RunError
 from medvit.hashing import sha256_file
 from medvit.models.pretrained import PRETRAIN_KIND, PRETRAIN_WEIGHTS
 from medvit.pretrain.adapters import PyramidStudent, backbone_state_dict
@@ -37,25 +31,27 @@ from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pr
 from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
 from medvit.pretrain.losses import PretrainLoss
 from medvit.pretrain.teacher import TeacherSource, load_teacher
-from medvit.run_dir import CONFIG_YAML, LAST_STATE, LAST_WEIGHTS, METRICS_CSV, TRAIN_LOG, atomic_write_text, load_run_weights, save_run_weights, write_model_info
-from medvit.train.acceleration import TrainStep, resolve_precision, train_autocast
-from medvit.train.checkpoint import (
-    clean_interrupted_writes,
-    commit_checkpoint,
-    recover_checkpoint,
-    rng_state,
-    seed_epoch,
-    set_rng_state,
-    try_recover_checkpoint,
+from medvit.run_dir import (
+    CONFIG_YAML,
+    LAST_STATE,
+    METRICS_CSV,
+    TRAIN_LOG,
+    atomic_write_text,
+    save_run_weights,
+    write_metrics_csv,
+    write_model_info,
 )
+from medvit.train.acceleration import resolve_precision, train_autocast
+from medvit.train.checkpoint import clean_interrupted_writes, recover_checkpoint, seed_epoch, try_recover_checkpoint
 from medvit.train.distributed import DistContext
+from medvit.train.loop import Optimization, cosine_scheduler, run_log
 from medvit.train.sampling import build_loader
+from medvit.train.state import TrainState
 
 __all__ = ["METRICS_CSV", "TRAIN_LOG", "PretrainResult", "pretrain"]
 
 _logger = logging.getLogger(__name__)
 
-_LOG_EVERY = 50  # steps between progress lines in train.log
 _PARTS = ("stage1", "stage2", "stage3", "stage4", "kl")
 
 
@@ -79,34 +75,6 @@ class PretrainResult:
     def backbone(self) -> Path:
         """``backbone.safetensors``: pass the run directory (or this file) as ``pretrained``."""
         return self.run_dir / PRETRAIN_WEIGHTS
-
-
-@contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
-    """Copy the ``medvit`` logger's INFO records to ``path`` for the run's duration."""
-    logger = logging.getLogger("medvit")
-    handler = logging.FileHandler(path, mode="a")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    previous = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-        logger.setLevel(previous)
-
-
-def _write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
 
 
 def _model_json(
@@ -177,20 +145,16 @@ def pretrain(cfg: PretrainConfig | None, out_dir: str | Path, resume: bool = Fal
         _check_before_writing(cfg)  # a bad image_size or teacher leaves no folder behind
         out.mkdir(parents=True, exist_ok=True)
         clean_interrupted_writes(out)
-        with _log_to(out / TRAIN_LOG):
+        with run_log(out / TRAIN_LOG):
             return _pretrain(cfg, out, resume, ctx.device)
     finally:
         ctx.close()
 
 
 def _student_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
-    from medvit.models import get_model_info
+    from medvit.models import sized_model_kwargs
 
-    student_kwargs = dict(cfg.student_kwargs)
-    info = get_model_info(cfg.student)
-    if info is not None and info.takes_img_size:
-        student_kwargs.setdefault("img_size", list(cfg.image_size))
-    return student_kwargs
+    return sized_model_kwargs(cfg.student, cfg.student_kwargs, cfg.image_size)
 
 
 @torch.no_grad()
@@ -239,32 +203,20 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
     ctx = DistContext(device=device)
     steps_per_epoch = len(build_loader(dataset, list_data_collate, cfg.batch_size, ctx, cfg.seed, 0, True, 0))
     optimizer = create_optimizer_v2(net, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, cfg.epochs * steps_per_epoch),
-        lr_min=min(cfg.min_lr, cfg.lr),
-        warmup_t=int(round(cfg.warmup_epochs * steps_per_epoch)),
-        warmup_lr_init=min(cfg.min_lr, cfg.lr),
-        t_in_epochs=False,
-    )
-    start_epoch, global_step, history = 0, 0, []
+    scheduler = cosine_scheduler(optimizer, cfg.epochs, steps_per_epoch, cfg.lr, cfg.min_lr, cfg.warmup_epochs)
     precision = resolve_precision(cfg.precision, device)
+    optimization = Optimization(net, optimizer, scheduler, ctx, precision, cfg.compile, cfg.grad_clip, cfg.seed)
+    state = TrainState()
     if resume and not (out / LAST_STATE).is_file():
         _logger.info("%s: no epoch was committed before the interruption; starting at epoch 1", out)
         resume = False
     if resume:
-        state = recover_checkpoint(out)
-        load_run_weights(net, out / LAST_WEIGHTS)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        history = [dict(row) for row in state["history"]]
-        set_rng_state(state["rng"])
+        state = optimization.restore(out, recover_checkpoint(out))
         save_run_weights(backbone_state_dict(student), out / PRETRAIN_WEIGHTS)  # in step with last.safetensors
-        if start_epoch >= cfg.epochs:
-            _logger.info("%s already finished (%d epochs); nothing to train", out, start_epoch)
+        if state.next_epoch >= cfg.epochs:
+            _logger.info("%s already finished (%d epochs); nothing to train", out, state.next_epoch)
         else:
-            _logger.info("resuming %s at epoch %d/%d", out, start_epoch + 1, cfg.epochs)
+            _logger.info("resuming %s at epoch %d/%d", out, state.next_epoch + 1, cfg.epochs)
     else:
         atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(pretrain_config_to_dict(cfg), sort_keys=False))
         write_model_info(out, _model_json(cfg, student_kwargs, teacher_source, pool, mean, std, precision))
@@ -274,25 +226,20 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         steps_per_epoch, cfg.epochs,
     )
 
-    train_step = TrainStep(net, device, precision, cfg.compile)
-    _logger.info("training step: %s%s on %s", precision, ", compiled" if cfg.compile else "", device)
     interactive = sys.stderr.isatty()
     seen_paths: set[str] = set()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state.next_epoch, cfg.epochs):
         t0 = time.perf_counter()
         seed_epoch(cfg.seed, epoch, 0)
         loader = build_loader(dataset, list_data_collate, cfg.batch_size, ctx, cfg.seed, epoch, True, cfg.num_workers)
         net.train()
-        sums = {name: 0.0 for name in ("loss", *_PARTS)}
-        seen = 0
-        compile_before = train_step.compile_s
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not interactive, dynamic_ncols=True)
-        for step, batch in enumerate(bar):
-            scheduler.step_update(global_step)
+        part_sums = {name: 0.0 for name in _PARTS}
+        parts: dict[str, torch.Tensor] = {}
+
+        def loss_for(batch: Mapping[str, Any]) -> Callable[[nn.Module], torch.Tensor]:
             images = batch["image"].to(device, non_blocking=True)
             with train_autocast(device, precision):
                 teacher_logits, teacher_maps = teacher(images)
-            parts: dict[str, torch.Tensor] = {}
 
             def loss_of(student_net: nn.Module) -> torch.Tensor:
                 logits, maps = student_net(images, sizes=[m.shape[-2:] for m in teacher_maps])
@@ -300,54 +247,31 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
                 parts.update(step_parts)
                 return loss
 
-            optimizer.zero_grad(set_to_none=True)
-            loss = train_step(loss_of)  # forward and backward, in the run's precision, compiled or eager
-            if not bool(torch.isfinite(loss)):
-                raise RunError(
-                    f"non-finite pretraining loss at epoch {epoch + 1}, step {step + 1}; the last good epoch is kept "
-                    f"in {out}; lower lr or set grad_clip"
-                )
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            global_step += 1
-            n = images.shape[0]
-            seen += n
+            return loss_of
+
+        def on_step(batch: Mapping[str, Any], loss: torch.Tensor) -> None:
+            n = batch["image"].shape[0]
             seen_paths.update(str(p) for p in batch["path"])
-            sums["loss"] += float(loss.detach()) * n
             for name in _PARTS:
-                sums[name] += float(parts[name].detach()) * n
-            if (step + 1) % _LOG_EVERY == 0:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                _logger.info(
-                    "epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch + 1, step + 1, steps_per_epoch, sums["loss"] / seen, rate
-                )
-            if interactive:
-                bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
-        elapsed = time.perf_counter() - t0
-        row: dict[str, float] = {"epoch": epoch + 1}
-        row.update({name: value / max(seen, 1) for name, value in sums.items()})
-        row["lr"] = float(max(g["lr"] for g in optimizer.param_groups))
-        row["epoch_time_s"] = elapsed
-        row["images_per_s"] = seen / max(elapsed, 1e-9)
-        row["compiled"] = float(train_step.compiled)
-        row["compile_s"] = train_step.compile_s - compile_before
-        history.append(row)
-        commit_checkpoint(out, net, {
-            "epoch": epoch,
-            "global_step": global_step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "history": history,
-            "finished": epoch + 1 == cfg.epochs,
-            "rng": rng_state(cfg.seed, epoch + 1),
-        })
+                part_sums[name] += float(parts[name].detach()) * n
+
+        stats = optimization.train_epoch(loader, epoch, cfg.epochs, state, loss_for, on_step, interactive, str(out))
+        row: dict[str, float] = {"epoch": epoch + 1, "loss": stats.loss}
+        row.update({name: value / max(stats.images, 1) for name, value in part_sums.items()})
+        row["lr"] = stats.lr
+        row["epoch_time_s"] = time.perf_counter() - t0
+        row["images_per_s"] = stats.images_per_s
+        row["data_wait_s"] = stats.data_wait_s
+        row["compiled"] = float(stats.compiled)
+        row["compile_s"] = stats.compile_s
+        state.record(row, cfg.epochs - 1)
+        optimization.commit(out, state)
         save_run_weights(backbone_state_dict(student), out / PRETRAIN_WEIGHTS)
-        _write_metrics(out / METRICS_CSV, history)
+        write_metrics_csv(out / METRICS_CSV, state.history)
         _logger.info(
             "epoch %d/%d loss %.4f (stages %s, kl %.4f) %.1f img/s (%.0fs)",
             epoch + 1, cfg.epochs, row["loss"], " ".join(f"{row[f'stage{i}']:.3f}" for i in range(1, 5)), row["kl"],
-            row["images_per_s"], elapsed,
+            row["images_per_s"], row["epoch_time_s"],
         )
     _logger.info("wrote %s: pass pretrained=%s to medvit train", out / PRETRAIN_WEIGHTS, out)
-    return PretrainResult(out, len(history), history, seen_paths)
+    return PretrainResult(out, len(state.history), state.history, seen_paths)

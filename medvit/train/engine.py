@@ -20,23 +20,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from medvit.errors import RunError
 from medvit.run_dir import (
     BEST_WEIGHTS,
     CONFIG_YAML,
     LAST_STATE,
-    LAST_WEIGHTS,
     METRICS_CSV,
     TRAIN_LOG,
     load_run_weights,
@@ -44,20 +40,13 @@ from medvit.run_dir import (
     save_run_weights,
     write_metrics_csv,
 )
-from medvit.train.checkpoint import (
-    clean_interrupted_writes,
-    commit_checkpoint,
-    rng_state,
-    seed_epoch,
-    set_aside_unusable_state,
-    set_rng_state,
-    try_recover_checkpoint,
-)
-from medvit.train.acceleration import TrainStep, inference_amp, resolve_precision
+from medvit.train.checkpoint import clean_interrupted_writes, seed_epoch, set_aside_unusable_state, try_recover_checkpoint
+from medvit.train.acceleration import inference_amp, resolve_precision
 from medvit.train.config import TrainConfig, config_from_dict
 from medvit.train.distributed import DistContext
 from medvit.train.evaluate import evaluate_run
 from medvit.train.freeze import apply_mode, frozen_roots, set_train_mode
+from medvit.train.loop import EpochStats, NonFiniteLossError, Optimization, cosine_scheduler, run_log
 from medvit.train.predict import Predictions, predict, write_predictions
 from medvit.train.run_files import dataset_description, holds_results, write_run_files
 from medvit.train.sampling import SplitData, build_loader, load_split
@@ -75,10 +64,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RunError):
-    """The training loss became NaN or infinite."""
 
 
 def class_weights(labels: np.ndarray, num_classes: int, method: str, beta: float = 0.999) -> torch.Tensor | None:
@@ -121,32 +106,6 @@ class TrainResult:
     best_metric: float
     stopped_early: bool
     history: list[dict[str, float]]
-
-
-class _LogFile:
-    """Adds a ``train.log`` handler to the ``medvit`` logger for the run's duration."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.handler: logging.Handler | None = None
-        self.logger = logging.getLogger("medvit")
-        self.previous_level = self.logger.level
-
-    def __enter__(self) -> "_LogFile":
-        if self.path is not None:
-            self.handler = logging.FileHandler(self.path, mode="a")
-            self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            self.handler.setLevel(logging.INFO)
-            self.logger.addHandler(self.handler)
-            if self.logger.getEffectiveLevel() > logging.INFO:
-                self.logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.handler is not None:
-            self.logger.removeHandler(self.handler)
-            self.handler.close()
-            self.logger.setLevel(self.previous_level)
 
 
 def train(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False) -> TrainResult:
@@ -195,7 +154,7 @@ def train(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False) ->
             out.mkdir(parents=True, exist_ok=True)
             clean_interrupted_writes(out)
         ctx.barrier()
-        with _LogFile(out / TRAIN_LOG if ctx.is_main else None):
+        with run_log(out / TRAIN_LOG if ctx.is_main else None):
             return _Trainer(cfg, out, ctx).run(resume)
     finally:
         ctx.close()
@@ -205,7 +164,7 @@ class _Trainer:
     """One run's model, data, loss and optimizer; :meth:`run` is the loop."""
 
     def __init__(self, cfg: TrainConfig, out: Path, ctx: DistContext) -> None:
-        from medvit.models import create_model, get_model_info
+        from medvit.models import create_model, sized_model_kwargs
         from timm.data import resolve_model_data_config
 
         if cfg.batch_size % ctx.world_size:
@@ -225,10 +184,7 @@ class _Trainer:
                 "are not ordered grades; set ordinal_labels: null (it is for graded data such as EyePACS)"
             )
 
-        self.model_kwargs = dict(cfg.model_kwargs)
-        info = get_model_info(cfg.model)
-        if info is not None and info.takes_img_size:
-            self.model_kwargs.setdefault("img_size", list(cfg.image_size))
+        self.model_kwargs = sized_model_kwargs(cfg.model, cfg.model_kwargs, cfg.image_size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(cfg.model, num_classes=K, pretrained=cfg.pretrained, **self.model_kwargs)
         data_cfg = resolve_model_data_config(self.model)
@@ -265,13 +221,8 @@ class _Trainer:
             self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
         )
         steps_per_epoch = len(self._loader(self.train_data, epoch=0, train=True, num_workers=0, weights=self.sample_weights))
-        self.scheduler = CosineLRScheduler(  # timm applies each group's layer-decay "lr_scale"
-            self.optimizer,
-            t_initial=max(1, cfg.epochs * steps_per_epoch),
-            lr_min=min(cfg.min_lr, cfg.lr),
-            warmup_t=int(round(cfg.warmup_epochs * steps_per_epoch)),
-            warmup_lr_init=min(cfg.min_lr, cfg.lr),
-            t_in_epochs=False,
+        self.scheduler = cosine_scheduler(
+            self.optimizer, cfg.epochs, steps_per_epoch, cfg.lr, cfg.min_lr, cfg.warmup_epochs
         )
         self.precision = resolve_precision(cfg.precision, ctx.device)  # bf16 autocast: no loss scaling needed
         self.use_amp = inference_amp(ctx.device, self.precision)
@@ -280,8 +231,10 @@ class _Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
-        self.step = TrainStep(self.net, ctx.device, self.precision, cfg.compile)
-        self.log("training step: %s%s on %s", self.precision, ", compiled" if cfg.compile else "", ctx.device)
+        self.optimization = Optimization(
+            self.model, self.optimizer, self.scheduler, ctx, self.precision, cfg.compile, cfg.grad_clip, cfg.seed,
+            net=self.net,
+        )
         self.interactive = ctx.is_main and sys.stderr.isatty()
 
     def _validation_split(self) -> SplitData | None:
@@ -327,11 +280,7 @@ class _Trainer:
         if state_dict is None:
             self.log("%s has no completed epoch to resume; starting from epoch 1", self.out)
             return TrainState()
-        load_run_weights(self.model, self.out / LAST_WEIGHTS)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        self.scheduler.load_state_dict(state_dict["scheduler"])
-        set_rng_state(state_dict["rng"])
-        state = TrainState().load_state_dict(state_dict)
+        state = self.optimization.restore(self.out, state_dict)
         if self.ctx.is_main:  # the rows of every committed epoch, whatever the kill interrupted
             write_metrics_csv(self.out / METRICS_CSV, state.history)
         if state.finished or state.next_epoch >= self.cfg.epochs:
@@ -356,16 +305,16 @@ class _Trainer:
             if state.finished:
                 break
             t0 = time.perf_counter()
-            compile_before = self.step.compile_s
-            train_loss, seen, train_time, data_wait = self._train_epoch(epoch, state)
+            stats = self._train_epoch(epoch, state)
+            train_loss = stats.loss
             row: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss}
             row.update(self._validate(epoch))
-            row["lr"] = float(max(g["lr"] for g in self.optimizer.param_groups))
+            row["lr"] = stats.lr
             row["epoch_time_s"] = time.perf_counter() - t0
-            row["train_images_per_s"] = seen / max(train_time, 1e-9)
-            row["data_wait_s"] = data_wait  # time the step waited for the loader (the rest of train time is the model)
-            row["compiled"] = float(self.step.compiled)
-            row["compile_s"] = self.step.compile_s - compile_before
+            row["train_images_per_s"] = stats.images_per_s
+            row["data_wait_s"] = stats.data_wait_s  # time the step waited for the loader (the rest is the model)
+            row["compiled"] = float(stats.compiled)
+            row["compile_s"] = stats.compile_s
             monitor = cfg.early_stopping.metric
             if monitor not in row:
                 raise ValueError(
@@ -376,7 +325,7 @@ class _Trainer:
             if self.ctx.is_main:
                 if improved:
                     save_run_weights(self.model, self.out / BEST_WEIGHTS)
-                self._commit(state)
+                self.optimization.commit(self.out, state)
                 write_metrics_csv(self.out / METRICS_CSV, state.history)
             shown = "" if monitor == "val_loss" else f" {monitor} {row[monitor]:.4f}"
             self.log(
@@ -395,30 +344,14 @@ class _Trainer:
         best = float(state.best_metric) if state.best_metric is not None else float("nan")
         return TrainResult(self.out, len(state.history), state.best_epoch + 1, best, stopped_early, state.history)
 
-    def _commit(self, state: TrainState) -> None:
-        payload = state.state_dict()
-        payload.update(
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            rng=rng_state(self.cfg.seed, state.next_epoch),
-        )
-        commit_checkpoint(self.out, self.model, payload)
-
-    def _train_epoch(self, epoch: int, state: TrainState) -> tuple[float, int, float, float]:
-        """One pass over the training split; returns (mean loss, images, seconds, seconds waiting for data)."""
+    def _train_epoch(self, epoch: int, state: TrainState) -> EpochStats:
+        """One pass over the training split (the shared loop; the loss is this engine's)."""
         cfg, ctx = self.cfg, self.ctx
-        t0 = time.perf_counter()
         seed_epoch(cfg.seed, epoch, ctx.rank)
         loader = self._loader(self.train_data, epoch=epoch, train=True, weights=self.sample_weights)
         set_train_mode(self.net, self.frozen_parts)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        seen = 0
-        data_wait = 0.0
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.interactive, dynamic_ncols=True)
-        waiting = time.perf_counter()
-        for step, batch in enumerate(batches):
-            data_wait += time.perf_counter() - waiting
-            self.scheduler.step_update(state.global_step)
+
+        def loss_for(batch: Mapping[str, Any]) -> Callable[[nn.Module], torch.Tensor]:
             images = batch["image"].to(ctx.device, non_blocking=True)
             labels = torch.as_tensor(batch["label"]).long().to(ctx.device, non_blocking=True)
 
@@ -428,28 +361,11 @@ class _Trainer:
                     return self.distill(images, logits, labels)
                 return self.criterion(logits.float(), labels)
 
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.step(loss_of)  # forward and backward, in the run's precision, compiled or eager
-            if ctx.any_true(not bool(torch.isfinite(loss))):
-                raise NonFiniteLossError(
-                    f"non-finite training loss at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
-                    f"checkpoint (epoch {epoch}) is kept in {self.out}; lower lr, set grad_clip or check the data"
-                )
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
-            self.optimizer.step()
-            state.global_step += 1
-            loss_sum += loss.detach().double() * images.shape[0]
-            seen += images.shape[0]
-            if self.interactive:
-                rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
-                batches.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
-            waiting = time.perf_counter()
-        if ctx.is_distributed:
-            totals = torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=ctx.device)])
-            dist.all_reduce(totals)
-            loss_sum, seen = totals[0], int(totals[1].item())
-        return float(loss_sum.item() / max(seen, 1)), seen, time.perf_counter() - t0, data_wait
+            return loss_of
+
+        return self.optimization.train_epoch(
+            loader, epoch, cfg.epochs, state, loss_for, progress=self.interactive, where=str(self.out)
+        )
 
     def _validate(self, epoch: int) -> dict[str, float]:
         """Validation loss and metrics (``val_*``) of the current weights."""

@@ -36,10 +36,16 @@ class TrainState:
     def next_epoch(self) -> int:
         return self.epoch + 1
 
-    def end_epoch(self, row: dict[str, float], monitor: EarlyStoppingConfig, last_epoch: int) -> tuple[bool, bool]:
-        """Record a completed epoch's row; returns ``(improved, stop_early)`` and sets ``finished``."""
+    def record(self, row: dict[str, float], last_epoch: int) -> None:
+        """Record a completed epoch's row (no early stopping: ``finished`` after ``last_epoch``)."""
         self.epoch += 1
         self.history.append(row)
+        self.finished = self.epoch == last_epoch
+
+    def end_epoch(self, row: dict[str, float], monitor: EarlyStoppingConfig, last_epoch: int) -> tuple[bool, bool]:
+        """Record a completed epoch's row and its early-stopping metric; returns ``(improved, stop_early)`` and
+        sets ``finished``."""
+        self.record(row, last_epoch)
         improved = monitor.improves(row[monitor.metric], self.best_metric)
         if improved:
             self.best_metric, self.best_epoch, self.bad_epochs = row[monitor.metric], self.epoch, 0
@@ -64,9 +70,10 @@ class TrainState:
     def load_state_dict(self, state: Mapping[str, Any]) -> "TrainState":
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
-        self.best_metric = None if state["best_metric"] is None else float(state["best_metric"])
-        self.best_epoch = int(state["best_epoch"])
-        self.bad_epochs = int(state["bad_epochs"])
+        best = state.get("best_metric")  # absent in pretrain states (no early stopping) of earlier versions
+        self.best_metric = None if best is None else float(best)
+        self.best_epoch = int(state.get("best_epoch", -1))
+        self.bad_epochs = int(state.get("bad_epochs", 0))
         self.finished = bool(state.get("finished", False))
         self.history = [dict(row) for row in state["history"]]
         return self

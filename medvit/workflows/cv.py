@@ -61,7 +61,7 @@ from medvit.run_dir import (
 from medvit.report import write_report
 from medvit.reporting.calibrate import calibrate_run
 from medvit.train.config import CrossValidationConfig, EarlyStoppingConfig, TrainConfig, config_from_dict, config_to_dict
-from medvit.train.engine import _LogFile
+from medvit.train.loop import run_log
 from medvit.train.evaluate import evaluate_run
 from medvit.train.probabilities import unscaled_probabilities
 from medvit.workflows.training import train_run
@@ -318,7 +318,7 @@ def train_cv(cfg: TrainConfig | None, out_dir: str | Path, resume: bool = False)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    with _LogFile(out / TRAIN_LOG):
+    with run_log(out / TRAIN_LOG):
         return _CrossValidation(cfg, out).run()
 
 
