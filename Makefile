@@ -33,7 +33,8 @@ clean:
 
 # ---- demo-models (owner: app) -------------------------------------------------------------------------
 # `make demo-models` regenerates the embedded demo models in medvit/assets/demo_models/ from the development pools
-# ($(POOLS), see its README) and the committed configs experiments/configs/{demo_*,pretrain_*}.yaml:
+# ($(POOLS), see its README) and the committed configs experiments/configs/{demo_*,pretrain_*}.yaml (a few base
+# recipes and their variants, `base:` plus the keys that change; experiments/configs/README.md):
 #   * ImageNet tf_efficientnet_lite0 (bundled weights), all layers fine-tuned per dataset (busi, ham10000, eyepacs;
 #     for eyepacs also with SORD soft ordinal labels, the better on validation QWK kept);
 #   * `medvit pretrain` of vvt_nano (medvit's narrow VVT-Tiny): ImageNet EfficientNet-Lite2 distilled stage by stage

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from medvit.config_files import load_yaml_config
 from medvit.config_schema import apply_overrides, build_config, image_size_pair
 from medvit.config_schema import choices as _choices
 from medvit.config_schema import value_range as _range
@@ -169,23 +170,16 @@ def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ())
 
     Args:
         path: YAML file (``None``: defaults plus ``overrides``).
+            A file that names a ``base:`` is expanded first (:func:`medvit.config_files.load_yaml_config`).
         overrides: ``key=value`` strings (values parsed as YAML), applied after the file.
 
     Raises:
-        FileNotFoundError: the YAML file does not exist.
-        ValueError: invalid YAML, an unknown key or a bad value.
+        FileNotFoundError: the YAML file, or a base it names, does not exist.
+        ValueError: invalid YAML, a cycle of bases, an unknown key or a bad value.
     """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found; see experiments/configs/pretrain_*.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({error})") from error
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+        data = load_yaml_config(path, not_found_hint="see experiments/configs/pretrain_*.yaml")
     plain = [item for item in overrides if not item.startswith("data.")]
     data = apply_overrides(data, plain)
     for item in overrides:

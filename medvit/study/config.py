@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
+from medvit.config_files import load_yaml_config
 from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict
 from medvit.train.config import TrainConfig, apply_overrides, config_from_dict
 
@@ -240,17 +240,12 @@ def _named(cell: str, build: Any) -> None:
 
 
 def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
-    """Read a study YAML, apply ``--set a.b=c`` overrides and validate.
+    """Read a study YAML (a ``base:`` expanded, :func:`medvit.config_files.load_yaml_config`), apply ``--set a.b=c``
+    overrides and validate.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: invalid YAML or config.
+        FileNotFoundError: the file, or a base it names, does not exist.
+        ValueError: invalid YAML, a cycle of bases, or an invalid config.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"study config {path} not found; see experiments/study/ for presets")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    data = load_yaml_config(path, not_found_hint="see experiments/study/ for presets")
     return study_config_from_dict(apply_overrides(data, overrides))

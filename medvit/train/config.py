@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
+from medvit.config_files import load_yaml_config
 from medvit.config_schema import apply_overrides, build_config, image_size_pair
 from medvit.config_schema import choices as _choices
 from medvit.config_schema import value_range as _range
@@ -268,25 +267,15 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
 
     Args:
         path: YAML file (``None``: start from the defaults, e.g. when every key comes from ``--set``).
+            A file that names a ``base:`` is expanded first (:func:`medvit.config_files.load_yaml_config`).
         overrides: ``key=value`` strings applied after the file is read.
 
     Raises:
-        FileNotFoundError: the YAML file does not exist.
-        ValueError: invalid YAML, an unknown key or an out-of-range value.
+        FileNotFoundError: the YAML file, or a base it names, does not exist.
+        ValueError: invalid YAML, a cycle of bases, an unknown key or an out-of-range value.
     """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found; see experiments/configs/ for examples")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({error})") from error
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys at the top level")
-        data = loaded
+        data = load_yaml_config(path, not_found_hint="see experiments/configs/ for examples")
     data = apply_overrides(data, overrides)
     return config_from_dict(data)
