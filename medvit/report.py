@@ -28,6 +28,10 @@ from medvit.run_dir import (
     split_sizes,
 )
 from medvit.markdown import markdown_table
+from medvit.boundary.predictions import read_predictions_file
+from medvit.reporting.cv import cv_markdown, cv_summary
+from medvit.reporting.external import with_external_notice
+from medvit.reporting.section import clinical_section
 
 __all__ = [
     "write_report",
@@ -51,8 +55,6 @@ def read_predictions(run_dir: str | Path, split: str = "test", class_names: Sequ
         FileNotFoundError: no predictions for that split (run ``medvit evaluate`` first).
         ValueError: a corrupt file (:func:`medvit.boundary.predictions.read_predictions_file`).
     """
-    from medvit.boundary.predictions import read_predictions_file
-
     path = Path(run_dir) / predictions_filename(split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with 'medvit evaluate {run_dir} --split {split}'")
@@ -213,18 +215,14 @@ def write_report(run_dir: str | Path, split: str = "test", n_bootstrap: int = 10
     per_class_table(metrics).to_csv(out / ReportFiles.per_class_csv, index=False, float_format="%.6g")
     atomic_write_text(out / ReportFiles.per_class_md, f"# Per-class metrics: {run_dir.name} ({split})\n\n" + _per_class_markdown(metrics))
     summary = {"run": run_dir.name, "model": info["model"], "dataset": info.get("dataset"), "split": split, **metrics.to_dict()}
-    from medvit.reporting.section import clinical_section
 
     summary["clinical"], clinical_md = clinical_section(run_dir, info, frame, split, out, n_bootstrap=n_bootstrap, seed=seed)
     atomic_write_text(out / ReportFiles.summary_json, json.dumps(summary, indent=1))
     _plot_confusion(out / ReportFiles.confusion_png, labels, probabilities.argmax(axis=1), class_names)
     _plot_roc(out / ReportFiles.roc_png, labels, probabilities, metrics)
-    from medvit.reporting.external import with_external_notice
 
     index_md = with_external_notice(_index_markdown(run_dir, info, split, metrics), info, split)
     if info.get("cv") and not info.get("external"):
-        from medvit.reporting.cv import cv_markdown, cv_summary
-
         summary["cv"] = cv_summary(run_dir, info, n_bootstrap=n_bootstrap, seed=seed)
         atomic_write_text(out / ReportFiles.summary_json, json.dumps(summary, indent=1))
         index_md += "\n" + cv_markdown(summary["cv"], metrics.to_dict() if split == "test" else None)

@@ -41,6 +41,10 @@ from medvit.run_names import (  # re-exported: the run's file names live in one 
     SELECTION_JSON,
     TRAIN_LOG,
 )
+from medvit.boundary.weights import read_safetensors
+from medvit.models import create_model
+from medvit.models.ensemble import FoldEnsemble
+from medvit.models.storage import dequantize, quantize
 
 __all__ = [
     "TIMING_COLUMNS",
@@ -200,8 +204,6 @@ def save_run_weights(
             export); ``"int8"`` stores matrices and kernels as per-channel int8
             (:mod:`medvit.models.storage`); ``None`` keeps each tensor's dtype.
     """
-    from medvit.models.storage import quantize
-
     state = model if isinstance(model, Mapping) else _unwrap(model).state_dict()
     if dtype == "int8":
         tensors, metadata = quantize(state)
@@ -222,10 +224,6 @@ def read_run_weights(path: str | Path) -> dict[str, torch.Tensor]:
         FileNotFoundError: ``path`` is missing.
         ValueError: not a readable safetensors file.
     """
-    from medvit.models.storage import dequantize
-
-    from medvit.boundary.weights import read_safetensors
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; the run has no saved weights (did training finish an epoch?)")
@@ -423,8 +421,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         FileNotFoundError: the directory, ``model.json`` or ``best.safetensors`` is missing.
         ValueError: a corrupt ``model.json``/``best.safetensors`` or weights that do not fit the model.
     """
-    from medvit.models import create_model
-
     path = Path(path)
     info = read_model_info(path)
     config = read_config(path)
@@ -441,8 +437,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     elif len(members) == 1:  # a refit on train+val
         model = network(path / members[0])
     else:
-        from medvit.models.ensemble import FoldEnsemble
-
         member_temperature = float((info.get("calibration") or {}).get("member_temperature", 1.0))
         model = FoldEnsemble([network(path / member) for member in members], temperature=member_temperature)
     model.to(device).eval()

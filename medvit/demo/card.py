@@ -21,6 +21,8 @@ from medvit.run_dir import (
     training_seconds,
 )
 from medvit.markdown import markdown_table
+from medvit.models import get_model_info
+from medvit.reporting.cv import describe_cv
 
 __all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
 
@@ -82,8 +84,6 @@ _FAMILY_WORDS = {
 
 def model_family(model_name: str) -> str:
     """The kind of network ``model_name`` is, in words for the page (empty when unknown)."""
-    from medvit.models import get_model_info
-
     info = get_model_info(model_name)
     return _FAMILY_WORDS.get(info.family, info.family) if info is not None else ""
 
@@ -198,7 +198,6 @@ def _describe_training(
         "best checkpoint by": str((config.get("early_stopping") or {}).get("metric", "")),
         "seed": str(config.get("seed", "")),
     }
-    from medvit.reporting.cv import describe_cv
 
     how = describe_cv(info)
     if how:

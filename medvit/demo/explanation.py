@@ -19,6 +19,9 @@ import numpy as np
 from PIL import Image
 
 from medvit.run_dir import Run, load_run
+from medvit.explain import figure_to_png, overlay_cam, render_grid
+from medvit.explain.faithfulness import FaithfulnessConfig
+from medvit.explain.pipeline import explain, resize_mask
 
 __all__ = [
     "DemoModel",
@@ -128,8 +131,6 @@ def _display_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def overlay_stages(explanation: Explanation, alpha: float) -> list[np.ndarray]:
     """The four overlays of an explanation redrawn at another opacity (no new forward pass)."""
-    from medvit.explain import overlay_cam
-
     return [overlay_cam(explanation.image, stage.cam, alpha=alpha) for stage in explanation.stages]
 
 
@@ -164,10 +165,6 @@ def explain_image(
     Raises:
         ValueError: a bad image or mask shape, an unknown method or an out-of-range target.
     """
-    from medvit.explain import overlay_cam
-    from medvit.explain.faithfulness import FaithfulnessConfig
-    from medvit.explain.pipeline import explain, resize_mask
-
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay opacity must be in [0, 1], got {alpha}")
     config = FaithfulnessConfig(curve_steps=PAGE_FAITHFULNESS_CURVE_STEPS) if faithfulness else None
@@ -201,7 +198,5 @@ def explanation_to_json(explanation: Explanation, source: str = "", mask_source:
 def render_explanation_png(explanation: Explanation, alpha: float = _DEFAULT_OVERLAY_ALPHA) -> bytes:
     """The page's grid download: the image and the four stage overlays in one PNG
     (:func:`medvit.explain.render_grid`)."""
-    from medvit.explain import figure_to_png, render_grid
-
     figure = render_grid(explanation.image, explanation.stage_cams, explanation.class_names, alpha=alpha)
     return figure_to_png(figure)

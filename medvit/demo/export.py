@@ -42,6 +42,13 @@ from medvit.run_dir import (
     read_selection,
     write_model_info,
 )
+from medvit.boundary.predictions import read_predictions_file
+from medvit.metrics import compute_metrics
+from medvit.models.pretrained import describe_pretrained
+from medvit.report import write_report
+from medvit.reporting.calibrate import calibrate_run
+from medvit.run_dir import cv_members
+from medvit.train.evaluate import evaluate_run
 
 __all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_config"]
 
@@ -118,8 +125,6 @@ def _out_of_fold_score(run: Path, info: Mapping[str, Any], metric: str) -> tuple
     (the refit's, or the median of the folds' kept epochs)."""
     import numpy as np
 
-    from medvit.boundary.predictions import read_predictions_file
-    from medvit.metrics import compute_metrics
     names = [str(c) for c in info["class_names"]]
     frame = read_predictions_file(run / predictions_filename("oof"), names)
     probs = probability_columns(frame, names)
@@ -213,8 +218,6 @@ def export_demo_model(
 
 def _weights_sha256(out_dir: Path, info: Mapping[str, Any]) -> str | dict[str, str]:
     """sha256 of the stored weights: one file, or ``{member: sha256}`` for a cross-validated run."""
-    from medvit.run_dir import cv_members
-
     members = cv_members(info)
     if not members:
         return sha256_file(out_dir / BEST_WEIGHTS)
@@ -252,7 +255,6 @@ def _make_portable(out_dir: Path) -> None:
         atomic_write_text(path, json.dumps(portable_config(json.loads(path.read_text())), indent=2))
     info = json.loads(info_path.read_text())
     if "pretrained_description" not in info:  # runs from before describe_pretrained existed
-        from medvit.models.pretrained import describe_pretrained
 
         try:
             info.update(describe_pretrained(info.get("pretrained"), str(info["model"])))
@@ -267,10 +269,6 @@ def remeasure_stored_weights(out_dir: str | Path, device: str = "auto") -> None:
     Every figure of the embedded model's card then describes the file the page loads (int8 storage
     moves probabilities slightly), not the float weights it was exported from.
     """
-    from medvit.report import write_report
-    from medvit.reporting.calibrate import calibrate_run
-    from medvit.train.evaluate import evaluate_run
-
     out_dir = Path(out_dir)
     config = read_config(out_dir)
     if read_model_info(out_dir).get("cv"):
@@ -294,9 +292,6 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
     written by :func:`remeasure_stored_weights`); ``selection.json`` of every model records whether
     it is the default and the score that decided. Returns ``{dataset: model folder name}``.
     """
-    from medvit.boundary.predictions import read_predictions_file
-    from medvit.metrics import compute_metrics
-
     scores: dict[str, list[tuple[float, Path]]] = {}
     for folder in sorted(Path(embedded_dir).iterdir()):
         if not (folder / SELECTION_JSON).is_file():

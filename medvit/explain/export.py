@@ -30,6 +30,10 @@ from medvit.explain.overlay import figure_to_png, overlay_cam, render_curves, re
 from medvit.explain.pipeline import Explanation, explain, resolve_class
 from medvit.explain.split import SplitScores, score_split
 from medvit.markdown import markdown_table
+from medvit.data.images import read_image, read_mask
+from medvit.data.manifest import read_manifest_info
+from medvit.explain.cam import stage_cam_class
+from medvit.run_dir import load_run
 
 __all__ = [
     "EXPLANATION_JSON",
@@ -198,10 +202,6 @@ def explain_images(
         FileNotFoundError / ValueError: Problems of the whole batch, before any image: no image, a mask
             count that differs from the image count, a missing or corrupt run, an unknown method or class.
     """
-    from medvit.data.images import read_image, read_mask
-    from medvit.explain.cam import stage_cam_class
-    from medvit.run_dir import load_run
-
     image_paths = [Path(p) for p in images]
     mask_paths = [Path(p) for p in masks] if masks else None
     if not image_paths:
@@ -309,9 +309,6 @@ def write_split_scores(
     Returns:
         :class:`~medvit.explain.split.SplitScores`.
     """
-    from medvit.data.manifest import read_manifest_info
-    from medvit.run_dir import load_run
-
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: manifest not found; create it with 'medvit prepare'")

@@ -38,6 +38,7 @@ from medvit.explain.options import DEFAULT_TOP_FRACTION
 from medvit.explain.overlay import denormalize_image
 from medvit.models.ensemble import FoldEnsemble
 from medvit.explain.sanity import CASCADE, SANITY_MAX_SPEARMAN, StageSanity, cascading_randomization
+from medvit.data.transforms import Resize2d, preprocess_image
 
 __all__ = [
     "NOTICE",
@@ -80,8 +81,6 @@ def resolve_class(target: str | int | None, class_names: Sequence[str]) -> int |
 def resize_mask(mask: np.ndarray | torch.Tensor, size: Sequence[int]) -> np.ndarray:
     """A lesion mask (H, W) (bool, {0, 1} or {0, 255}) -> bool (h, w) at ``size``, as the eval pipeline does it
     (:class:`~medvit.data.transforms.Resize2d`, nearest-exact)."""
-    from medvit.data.transforms import Resize2d
-
     binary = torch.as_tensor(np.asarray(mask) > 0, dtype=torch.float32)
     if binary.ndim != 2:
         raise ValueError(f"a mask is one (H, W) array; got shape {tuple(binary.shape)}")
@@ -379,8 +378,6 @@ def explain(
     Raises:
         ValueError: Not an (H, W, 3) uint8 image, a mask of another size, an unknown method or class.
     """
-    from medvit.data.transforms import preprocess_image
-
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {tuple(rgb.shape)}")

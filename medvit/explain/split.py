@@ -22,6 +22,7 @@ from medvit.explain.localization import SCORE_NAMES, _mean_ci
 from medvit.explain.options import DEFAULT_TOP_FRACTION
 from medvit.explain.pipeline import explain_tensor
 from medvit.explain.sanity import SANITY_NAMES, cascading_randomization
+from medvit.data.loaders import create_dataset
 
 if TYPE_CHECKING:
     from medvit.run_dir import Run
@@ -109,8 +110,6 @@ def score_split(
     Raises:
         ValueError: No image to score, no mask column and nothing else asked, or a bad argument.
     """
-    from medvit.data.loaders import create_dataset
-
     if target not in ("label", "predicted"):
         raise ValueError(f"target={target!r}; choose 'label' or 'predicted'")
     dataset = create_dataset(

@@ -47,6 +47,9 @@ from medvit.train.distributed import DistContext
 from medvit.train.loop import Optimization, cosine_scheduler, run_log
 from medvit.train.sampling import build_loader
 from medvit.train.state import TrainState
+from medvit.models import create_model, sized_model_kwargs
+from medvit.pretrain.config import TEACHERS
+from medvit.run_dir import read_model_info
 
 __all__ = ["METRICS_CSV", "TRAIN_LOG", "PretrainResult", "pretrain"]
 
@@ -152,8 +155,6 @@ def pretrain(cfg: PretrainConfig | None, out_dir: str | Path, resume: bool = Fal
 
 
 def _student_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
-    from medvit.models import sized_model_kwargs
-
     return sized_model_kwargs(cfg.student, cfg.student_kwargs, cfg.image_size)
 
 
@@ -165,10 +166,6 @@ def _check_before_writing(cfg: PretrainConfig) -> None:
     Raises:
         ValueError: the teacher is not a fine-tuned run, or the student refuses the size (the config key is named).
     """
-    from medvit.models import create_model
-    from medvit.pretrain.config import TEACHERS
-    from medvit.run_dir import read_model_info
-
     if cfg.teacher not in TEACHERS:
         try:
             read_model_info(cfg.teacher)
@@ -185,7 +182,6 @@ def _check_before_writing(cfg: PretrainConfig) -> None:
 def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device) -> PretrainResult:
     from timm.data import resolve_model_data_config
 
-    from medvit.models import create_model
 
     student_kwargs = _student_kwargs(cfg)
     data_cfg = resolve_model_data_config(create_model(cfg.student, num_classes=0, **student_kwargs))

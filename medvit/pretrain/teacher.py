@@ -16,6 +16,9 @@ from torch import nn
 from medvit.models.efficientnet_lite import bundled_weights_path
 from medvit.models.layout import pyramid_stages
 from medvit.pretrain.adapters import pyramid_forward
+from medvit.models import create_model
+from medvit.pretrain.config import TEACHERS
+from medvit.run_dir import BEST_WEIGHTS, MODEL_JSON, load_run
 
 __all__ = ["Teacher", "TeacherSource", "load_teacher"]
 
@@ -93,10 +96,6 @@ def load_teacher(name: str, student_mean: Sequence[float], student_std: Sequence
         FileNotFoundError: ``name`` is neither a bundled teacher nor an existing run directory.
         ValueError: the run directory is corrupt or its model has no four-stage pyramid.
     """
-    from medvit.models import create_model
-    from medvit.pretrain.config import TEACHERS
-    from medvit.run_dir import BEST_WEIGHTS, MODEL_JSON, load_run
-
     if name in TEACHERS:
         path = bundled_weights_path(name)
         model = create_model(name, num_classes=1000, pretrained=True)

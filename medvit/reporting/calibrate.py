@@ -29,6 +29,7 @@ from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores
 from medvit.train.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
 from medvit.reporting.questions import run_questions
 from medvit.run_dir import OOF_SPLIT, atomic_write_text, predictions_filename, read_model_info, write_model_info
+from medvit.train.evaluate import evaluate_run
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_SENSITIVITIES", "calibrate_run", "fit_calibration"]
 
@@ -88,8 +89,6 @@ def fit_calibration(
 def _ensure_val_predictions(run_dir: Path, device: str) -> Path:
     path = run_dir / predictions_filename("val")
     if not path.is_file():
-        from medvit.train.evaluate import evaluate_run
-
         _logger.info("%s not found: predicting the validation split", path)
         evaluate_run(run_dir, split="val", device=device)
     return path

@@ -30,6 +30,7 @@ from medvit.train.probabilities import unscaled_probabilities
 from medvit.reporting.plots import plot_operating_points, plot_reliability
 from medvit.run_dir import ReportFiles
 from medvit.markdown import markdown_table
+from medvit.data.manifest import read_manifest
 
 __all__ = ["CLINICAL_FILES", "clinical_markdown", "clinical_summary", "subgroup_frame"]
 
@@ -48,7 +49,6 @@ def subgroup_frame(predictions: pd.DataFrame, manifest: str | Path | None, colum
     """
     if not manifest or not columns or not Path(manifest).is_file():
         return None
-    from medvit.data.manifest import read_manifest
 
     frame = read_manifest(manifest)
     present = [c for c in columns if c in frame.columns]

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medvit.run_dir import PREDICTIONS_CSV, read_model_info, write_model_info
+from medvit.boundary.manifest import require_same_classes
+from medvit.data.manifest import manifest_hash, manifest_info_path, read_manifest_info
+from medvit.run_dir import predictions_filename, read_config
+from medvit.train.evaluate import evaluate_run
 
 __all__ = [
     "EVALUATIONS_DIR",
@@ -38,9 +42,6 @@ def check_external_classes(info: Mapping[str, Any], manifest: str | Path) -> tup
         FileNotFoundError: no such manifest.
         ManifestError: the classes (or their order) differ from the run's; the message names both lists.
     """
-    from medvit.boundary.manifest import require_same_classes
-    from medvit.data.manifest import manifest_info_path, read_manifest_info
-
     manifest = Path(manifest)
     classes = require_same_classes(manifest, info["class_names"])
     side = read_manifest_info(manifest) if manifest_info_path(manifest).is_file() else {}
@@ -56,8 +57,6 @@ def default_evaluation(
     file does not exist; otherwise (other data, an existing file, or ``folder``: a report is asked) a
     new :func:`evaluation_dir`, with the manifest and root defaulting to the run's.
     """
-    from medvit.run_dir import predictions_filename, read_config
-
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     own_manifest = config.get("manifest")
@@ -80,8 +79,6 @@ def evaluation_dir(run_dir: str | Path, manifest: str | Path, split: str) -> Pat
 
 def external_record(info: Mapping[str, Any], manifest: str | Path, root: str | Path, split: str, n_images: int) -> dict[str, Any]:
     """The ``external`` block of ``DIR/model.json``: what data the predictions are on."""
-    from medvit.data.manifest import manifest_hash
-
     _, dataset = check_external_classes(info, manifest)
     own = str(info.get("manifest_hash", "")) == manifest_hash(manifest)
     return {
@@ -163,7 +160,6 @@ def evaluate_external(
     """
     import pandas as pd
 
-    from medvit.train.evaluate import evaluate_run
 
     out_dir = Path(out_dir)
     info = prepare_external_dir(run_dir, out_dir, manifest)

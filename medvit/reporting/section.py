@@ -10,6 +10,8 @@ import pandas as pd
 from medvit.data.datasets import DATASETS
 from medvit.reporting.clinical import clinical_markdown, clinical_summary, subgroup_frame
 from medvit.run_dir import predictions_filename
+from medvit.boundary.predictions import read_predictions_file
+from medvit.data.manifest import manifest_info_path, read_manifest_info
 
 __all__ = ["clinical_section"]
 
@@ -17,8 +19,6 @@ __all__ = ["clinical_section"]
 def _subgroup_columns(info: Mapping[str, Any], manifest: str | Path | None) -> list[str]:
     """Reporting-only columns: the manifest side JSON's list, else the dataset spec's."""
     if manifest:
-        from medvit.data.manifest import manifest_info_path, read_manifest_info
-
         if manifest_info_path(manifest).is_file():
             side = read_manifest_info(manifest)
             if "subgroup_columns" in side:
@@ -47,8 +47,6 @@ def clinical_section(
     val = None
     val_path = run_dir / predictions_filename("val")
     if not info.get("calibration") and not external and val_path.is_file():
-        from medvit.boundary.predictions import read_predictions_file
-
         val = read_predictions_file(val_path, [str(c) for c in info["class_names"]])
     manifest = external.get("manifest") or info.get("manifest")
     subgroups = subgroup_frame(predictions, manifest, _subgroup_columns(info, manifest))

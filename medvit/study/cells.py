@@ -24,6 +24,10 @@ import torch
 from medvit.errors import RunError
 from medvit.run_dir import CONFIG_YAML, LAST_STATE, METRICS_CSV, MODEL_JSON, PREDICTIONS_CSV, TRAIN_LOG, predictions_filename
 from medvit.study.config import StudyConfig
+from medvit.explain.export import write_split_scores
+from medvit.pretrain import pretrain
+from medvit.study.figure import figure_cams
+from medvit.workflows import train_run
 
 __all__ = [
     "CAM_DIR",
@@ -171,9 +175,6 @@ def run_cell(cfg: StudyConfig, cell: Cell, study_dir: str | Path) -> str:
     a fresh machine) is re-run from scratch when a fine-tuning cell still needs it: the run is seeded,
     so it gives the same weights.
     """
-    from medvit.pretrain import pretrain
-    from medvit.workflows import train_run
-
     study_dir = Path(study_dir)
     path = cell.path(study_dir)
     state = cell_state(cell, study_dir)
@@ -202,8 +203,6 @@ def run_cell(cfg: StudyConfig, cell: Cell, study_dir: str | Path) -> str:
 
 def ensure_pretrain_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> None:
     """Re-run a finished pretrain cell whose weights are gone (results-only copy) from scratch."""
-    from medvit.pretrain import pretrain
-
     path = cell.path(study_dir)
     if _weights_present(cell, study_dir):
         return
@@ -233,9 +232,6 @@ def start_weights(cfg: StudyConfig, cell: Cell, study_dir: Path) -> str | None:
 
 def score_cams(cfg: StudyConfig, cell: Cell, study_dir: Path) -> None:
     """The cell's per-stage CAM localisation on the test split and the figure images' stage CAMs (``cam/``)."""
-    from medvit.explain.export import write_split_scores
-    from medvit.study.figure import figure_cams
-
     path = cell.path(study_dir)
     if not _weights_present(cell, study_dir):
         raise RunError(f"{path}: best.safetensors is missing, so its CAMs cannot be scored; retrain the cell")

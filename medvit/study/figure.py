@@ -13,6 +13,9 @@ from typing import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+from medvit.data.loaders import create_dataset
+from medvit.explain.pipeline import explain_tensor
+from medvit.run_dir import load_run
 
 __all__ = ["figure_cams", "plot_figure"]
 
@@ -25,10 +28,6 @@ def figure_cams(run_dir: str | Path, manifest: str | Path, root: str | Path, n: 
         ``paths`` (n,), ``labels`` (n,), ``probabilities`` (n, K), ``images`` (n, H, W, 3) uint8,
         ``masks`` (n, H, W) bool and ``cams`` (n, 4, H, W) uint8 (the CAM in [0, 1] times 255).
     """
-    from medvit.data.loaders import create_dataset
-    from medvit.explain.pipeline import explain_tensor
-    from medvit.run_dir import load_run
-
     run = load_run(run_dir)
     dataset = create_dataset(manifest, root, split, run.image_size, run.mean, run.std, run.preset or "generic", train=False)
     rows: dict[str, list] = {k: [] for k in ("paths", "labels", "probabilities", "images", "masks", "cams")}

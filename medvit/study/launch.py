@@ -34,6 +34,8 @@ from medvit.study.cells import (
 )
 from medvit.study.config import StudyConfig
 from medvit.study.report import write_study_report
+from medvit.train.config import config_from_dict
+from medvit.workflows import train_run
 
 __all__ = ["LAUNCHERS", "StudyRun", "run_study", "launch_training", "slurm_parameters"]
 
@@ -61,9 +63,6 @@ def _cell_job(cfg: StudyConfig, cell: Cell, study_dir: str, nproc: int) -> str:
 def launch_training(path: Path, config: dict[str, Any] | None, nproc: int = 1) -> None:
     """Train ``config`` into the run directory ``path``, or resume it (``config=None``): in this process, or
     with ``nproc > 1`` through ``torchrun --nproc_per_node nproc -m medvit.cli train`` (DDP)."""
-    from medvit.train.config import config_from_dict
-    from medvit.workflows import train_run
-
     if config is not None and path.exists():
         clear_unstarted(path)
     path.parent.mkdir(parents=True, exist_ok=True)

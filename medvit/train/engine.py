@@ -51,6 +51,11 @@ from medvit.train.predict import Predictions, predict, write_predictions
 from medvit.train.run_files import dataset_description, holds_results, write_run_files
 from medvit.train.sampling import SplitData, build_loader, load_split
 from medvit.train.state import TrainState
+from medvit.data.manifest import read_manifest
+from medvit.metrics import compute_metrics
+from medvit.models import create_model, sized_model_kwargs
+from medvit.train.distill import DistillationLoss, load_teacher
+from medvit.train.ordinal import OrdinalSoftLabelLoss
 
 __all__ = [
     "train",
@@ -164,7 +169,6 @@ class _Trainer:
     """One run's model, data, loss and optimizer; :meth:`run` is the loop."""
 
     def __init__(self, cfg: TrainConfig, out: Path, ctx: DistContext) -> None:
-        from medvit.models import create_model, sized_model_kwargs
         from timm.data import resolve_model_data_config
 
         if cfg.batch_size % ctx.world_size:
@@ -210,8 +214,6 @@ class _Trainer:
         self.val_criterion = nn.CrossEntropyLoss(weight=weights)
         self.distill: nn.Module | None = None
         if cfg.distill.teacher:
-            from medvit.train.distill import DistillationLoss, load_teacher
-
             teacher = load_teacher(cfg.distill.teacher, self.class_names, ctx.device)
             self.distill = DistillationLoss(
                 self.criterion, teacher, cfg.distill.temperature, cfg.distill.alpha, self.mean, self.std
@@ -240,8 +242,6 @@ class _Trainer:
     def _validation_split(self) -> SplitData | None:
         """The val split; ``None`` for a run that keeps its last epoch (``early_stopping.metric: epoch``)
         on a manifest without one (the refit of a cross-validated run, :mod:`medvit.workflows.cv`)."""
-        from medvit.data.manifest import read_manifest
-
         if self.cfg.early_stopping.metric == "epoch" and not (read_manifest(self.cfg.manifest)["split"] == "val").any():
             self.log("no val split: keeping the last epoch, no validation metrics or calibration")
             return None
@@ -252,7 +252,6 @@ class _Trainer:
         cfg = self.cfg
         if cfg.ordinal_labels is None:
             return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-        from medvit.train.ordinal import OrdinalSoftLabelLoss
 
         return OrdinalSoftLabelLoss(len(self.class_names), cfg.ordinal_labels, weights).to(self.ctx.device)
 
@@ -369,8 +368,6 @@ class _Trainer:
 
     def _validate(self, epoch: int) -> dict[str, float]:
         """Validation loss and metrics (``val_*``) of the current weights."""
-        from medvit.metrics import compute_metrics
-
         if self.val_data is None:
             return {}
         loader = self._loader(self.val_data, epoch=epoch, train=False)

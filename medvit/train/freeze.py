@@ -16,6 +16,7 @@ and drop-path active. Pinning eval mode keeps the architecture and the state-dic
 from __future__ import annotations
 
 from torch import nn
+from medvit.models import stage_modules
 
 __all__ = ["apply_mode", "frozen_roots", "set_train_mode"]
 
@@ -35,8 +36,6 @@ def apply_mode(model: nn.Module, mode: str) -> list[str]:
         if not trainable:
             raise ValueError(f"{type(model).__name__}.get_classifier() has no parameters; cannot train a linear probe")
     else:
-        from medvit.models import stage_modules
-
         n = int(mode.split(":")[1])
         stages = stage_modules(model)
         frozen_stages = {id(p) for s in stages[:n] for p in s.parameters()}

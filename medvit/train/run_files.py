@@ -11,6 +11,9 @@ import yaml
 from medvit.hashing import sha256_file
 from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, PREDICTIONS_CSV, atomic_write_text, write_model_info
 from medvit.train.config import TrainConfig, config_to_dict
+from medvit.data import get_spec
+from medvit.data.manifest import manifest_hash, read_manifest_info
+from medvit.models.pretrained import describe_pretrained
 
 __all__ = ["dataset_description", "holds_results", "write_run_files"]
 
@@ -27,9 +30,6 @@ def holds_results(out: Path) -> str:
 
 def dataset_description(cfg: TrainConfig) -> dict[str, Any]:
     """Dataset name, class names, preset and ordinality from the manifest's side JSON."""
-    from medvit.data import get_spec
-    from medvit.data.manifest import read_manifest_info
-
     if not cfg.manifest or not cfg.root:
         raise ValueError(
             "config keys 'manifest' and 'root' are required; set them in the YAML or with "
@@ -60,8 +60,6 @@ def dataset_description(cfg: TrainConfig) -> dict[str, Any]:
 
 def _pretrained_record(cfg: TrainConfig) -> dict[str, Any]:
     """How ``model.json`` names the starting weights: portable (no machine path), hashed, described."""
-    from medvit.models.pretrained import describe_pretrained
-
     return describe_pretrained(cfg.pretrained, cfg.model)
 
 
@@ -78,8 +76,6 @@ def write_run_files(
     std: Sequence[float], precision: str,
 ) -> None:
     """``config.yaml`` and ``model.json`` at the start of a run (``precision``: the resolved training precision)."""
-    from medvit.data.manifest import manifest_hash
-
     atomic_write_text(out / CONFIG_YAML, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     manifest = Path(cfg.manifest)
     side = data["side"]

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from medvit.train.distributed import DistContext
+from medvit.data.loaders import create_dataset
 
 __all__ = ["EpochSampler", "SeededDataset", "SplitData", "build_loader", "dataset_records", "load_split", "mix_seed"]
 
@@ -192,7 +193,6 @@ def load_split(
     the order and augmentation come from :func:`build_loader`)."""
     from monai.data import list_data_collate
 
-    from medvit.data.loaders import create_dataset
 
     dataset = create_dataset(
         manifest, root, split, image_size=tuple(image_size), mean=tuple(mean), std=tuple(std), preset=preset,
