@@ -29,9 +29,9 @@ from medvit.run_dir import (
 )
 from medvit.markdown import markdown_table
 from medvit.boundary.predictions import read_predictions_file
-from medvit.reporting.cv import cv_markdown, cv_summary
-from medvit.reporting.external import with_external_notice
-from medvit.reporting.section import clinical_section
+from medvit.clinical.cv import cv_markdown, cv_summary
+from medvit.clinical.external import with_external_notice
+from medvit.clinical.section import clinical_section
 
 __all__ = [
     "write_report",

@@ -427,7 +427,7 @@ def _calibrated_copy(path: Path, entries) -> Path:
 
 
 def test_image_decision_sentences():
-    from medvit.reporting.decision import decide
+    from medvit.clinical.decision import decide
 
     info = {"calibration": _CALIBRATION}
     d = decide([0.6, 0.3, 0.1], ["benign", "malignant", "normal"], info)
@@ -449,7 +449,7 @@ def test_model_card_shows_clinical_reading(tmp_path, entries):
     point = card.clinical["95 %-sensitivity threshold for malignant (t = 0.200)"]
     assert point.startswith("sensitivity ") and "PPV" in point and "NPV" in point
     assert card.clinical["Prediction sets (LAC, target coverage 90%)"].startswith("coverage 0.")
-    from medvit.reporting.card import clinical_card
+    from medvit.demo.card import clinical_card
 
     assert clinical_card({"accuracy": {"value": 0.8}}) == {}  # a report written before the clinical sections
 

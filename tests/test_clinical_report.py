@@ -1,4 +1,4 @@
-"""medvit.reporting: calibrate_run, the clinical report sections, external validation, the CLI."""
+"""medvit.clinical: calibrate_run, the clinical report sections, external validation, the CLI."""
 
 import json
 import shutil
@@ -9,9 +9,9 @@ import pytest
 
 from medvit.metrics.calibration import nll
 from medvit.report import write_report
-from medvit.reporting.calibrate import calibrate_run
+from medvit.clinical.calibrate import calibrate_run
 from medvit.train.probabilities import calibrate_frame, unscaled_probabilities
-from medvit.reporting.external import check_external_classes, external_markdown, external_record
+from medvit.clinical.external import check_external_classes, external_markdown, external_record
 
 CLASSES = ["benign", "malignant", "normal"]
 

@@ -120,13 +120,13 @@ def test_a_mask_of_another_size_writes_nothing_for_that_image(tiny_run, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["b"]
     assert "mask size 50x40 (WxH) differs from the image's 93x75" in capsys.readouterr().err
     with pytest.raises(ValueError, match="2 masks for 1 images"):
-        from medvit.explain.export import explain_images
+        from medvit.explain.files import explain_images
 
         explain_images(tiny_run, [image_path], out, masks=[other_mask, other_mask])
 
 
 def test_write_explanation_is_all_or_nothing(tmp_path, monkeypatch) -> None:
-    from medvit.explain.export import write_explanation
+    from medvit.explain.files import write_explanation
 
     folder = write_explanation({"explanation.json": b"{}", "grid.png": b"1"}, tmp_path / "case")
     assert sorted(p.name for p in folder.iterdir()) == ["explanation.json", "grid.png"]
@@ -176,7 +176,7 @@ def test_cli_faithfulness_and_sanity_in_the_json(tiny_run, tmp_path) -> None:
 
 
 def test_split_scores_with_faithfulness_and_sanity(tiny_run, synthetic_busi, tmp_path) -> None:
-    from medvit.explain.export import write_split_scores
+    from medvit.explain.files import write_split_scores
     from medvit.explain.faithfulness import FaithfulnessConfig
 
     config = FaithfulnessConfig(percentiles=(50,), curve_steps=2)

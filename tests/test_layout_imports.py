@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("inputs", {"models", "data", "boundary"}),
     ("runs", {"run_dir"}),
     ("training", {"train", "pretrain", "explain"}),
-    ("reporting", {"reporting", "report"}),
+    ("reporting", {"clinical", "report"}),
     ("workflows", {"workflows", "study"}),
     ("interfaces", {"demo", "commands", "cli"}),
 ]
@@ -39,7 +39,7 @@ SIDEWAYS = {
     ("data", "boundary"),  # loaders.create_dataset validates its manifest
     ("boundary", "data"),  # boundary.manifest reads manifests and dataset specs
     ("pretrain", "train"),  # the shared training step, config readers and checkpoints
-    ("report", "reporting"),  # the run report embeds the clinical sections
+    ("report", "clinical"),  # the run report embeds the clinical sections
     ("study", "workflows"),  # a study cell is an ordinary train_run
     ("cli", "commands"),
     ("commands", "demo"),
@@ -189,13 +189,13 @@ def test_every_sideways_edge_is_used():
 
 
 def test_layer_check_finds_an_upward_and_an_unlisted_sideways_import():
-    graph = {"medvit.train.engine": {"medvit.reporting.calibrate", "medvit.run_dir", "medvit.train.state"},
+    graph = {"medvit.train.engine": {"medvit.clinical.calibrate", "medvit.run_dir", "medvit.train.state"},
              "medvit.run_dir": {"medvit.train.config"}, "medvit.explain.cam": {"medvit.train.predict"},
-             "medvit.report": {"medvit.reporting.section"}}
+             "medvit.report": {"medvit.clinical.section"}}
     assert layer_edges_not_allowed(graph) == [
         "medvit.explain.cam -> medvit.train.predict (explain: training, train: training)",
         "medvit.run_dir -> medvit.train.config (run_dir: runs, train: training)",
-        "medvit.train.engine -> medvit.reporting.calibrate (train: training, reporting: reporting)",
+        "medvit.train.engine -> medvit.clinical.calibrate (train: training, clinical: reporting)",
     ]
 
 

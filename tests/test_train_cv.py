@@ -18,7 +18,7 @@ from medvit.data.manifest import read_manifest
 from medvit.data.splits import assign_folds
 from medvit.metrics.calibration import apply_temperature
 from medvit.models.ensemble import FoldEnsemble
-from medvit.reporting.calibrate import fit_calibration
+from medvit.clinical.calibrate import fit_calibration
 from medvit.train.probabilities import calibrate_frame, unscaled_probabilities
 from medvit.run_dir import load_run
 from medvit.train import load_config

@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from medvit.reporting.calibrate import calibrate_run
+    from medvit.clinical.calibrate import calibrate_run
 
     temperature = calibrate_run(
         args.run, alpha=args.alpha, method=args.method, sensitivities=tuple(args.sensitivity), device=args.device

@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.scores or args.manifest is not None:
         if not (args.scores and args.manifest is not None) or args.images:
             raise ValueError("use 'explain RUN --manifest M --scores --out DIR' (no images) or 'explain RUN IMAGE... --out DIR'")
-        from medvit.explain.export import split_scores_markdown, write_split_scores
+        from medvit.explain.files import split_scores_markdown, write_split_scores
 
         result = write_split_scores(
             args.run,
@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.images:
         raise ValueError("no image given; use 'explain RUN IMAGE... --out DIR' or '--manifest M --scores'")
-    from medvit.explain.export import explain_images
+    from medvit.explain.files import explain_images
 
     batch = explain_images(
         args.run,

@@ -10,7 +10,7 @@ __all__ = ["register"]
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.out is None:
-        from medvit.reporting.external import default_evaluation
+        from medvit.clinical.external import default_evaluation
 
         args.manifest, args.root, args.out = default_evaluation(args.run, args.manifest, args.root, args.split, args.report)
     if args.out is not None and args.out.suffix.lower() != ".csv":
@@ -28,7 +28,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_into_folder(args: argparse.Namespace) -> int:
-    from medvit.reporting.external import evaluate_external
+    from medvit.clinical.external import evaluate_external
 
     if args.manifest is None or args.root is None:
         raise ValueError("--out DIR evaluates other data: pass --manifest OTHER.csv and --root RAW_DIR")

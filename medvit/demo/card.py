@@ -1,4 +1,5 @@
-"""The model card of a run directory: what the page's "Model card" and ``medvit demo --models`` show.
+"""The model card of a run directory: what the page's "Model card" and ``medvit demo --models`` show, with
+its clinical lines (:func:`clinical_card`, read from ``report/summary.json["clinical"]``, nothing recomputed).
 
 Every number comes from the run's records through their readers: ``model.json``
 (:func:`medvit.run_dir.read_model_info`), ``config.yaml`` (:func:`~medvit.run_dir.read_config`),
@@ -15,16 +16,16 @@ from typing import Any, Mapping, Sequence
 
 from medvit.demo.catalog import discover_runs
 from medvit.report import format_estimate, read_summary, summary_estimate
-from medvit.reporting.card import clinical_card
 from medvit.run_dir import (
     kept_epoch, monitored_metric, read_config, read_metrics, read_model_info, read_selection, split_sizes,
     training_seconds,
 )
 from medvit.markdown import markdown_table
+from medvit.metrics.bootstrap import Estimate
 from medvit.models import get_model_info
-from medvit.reporting.cv import describe_cv
+from medvit.clinical.cv import describe_cv
 
-__all__ = ["ModelCard", "load_model_card", "demo_models_markdown"]
+__all__ = ["ModelCard", "clinical_card", "demo_models_markdown", "load_model_card"]
 
 _CLASS_SCORES = ("precision", "recall", "specificity", "f1", "auroc")
 _OVERALL = {
@@ -54,7 +55,7 @@ class ModelCard:
         selection: ``selection.json`` of an embedded model (which candidate run was chosen and why).
         train_seconds: wall-clock training time (the sum of ``metrics.csv``'s ``epoch_time_s``), when logged.
         clinical: calibration, operating points, prediction-set coverage and worst subgroup, label ->
-            text (:func:`medvit.reporting.card.clinical_card`; empty before ``medvit calibrate`` + report).
+            text (:func:`clinical_card`; empty before ``medvit calibrate`` + report).
     """
 
     backbone: str
@@ -80,6 +81,51 @@ _FAMILY_WORDS = {
     "convnext": "CNN (ConvNeXt)",
     "efficientnet_lite": "CNN (EfficientNet-Lite)",
 }
+
+
+def _fmt_estimate(d: Mapping[str, Any] | None, digits: int = 3) -> str:
+    return Estimate.from_dict(d).format(digits)
+
+
+def clinical_card(summary: Mapping[str, Any] | None) -> dict[str, str]:
+    """Label -> Markdown line: calibration, operating points, prediction-set coverage, worst subgroup.
+
+    Empty when the report has no clinical section (written before ``medvit calibrate``/this version).
+    """
+    clinical = (summary or {}).get("clinical")
+    if not clinical:
+        return {}
+    out: dict[str, str] = {}
+    cal = clinical["calibration"]
+    images = "out-of-fold predictions" if cal.get("fitted_on") == "oof" else "validation"
+    if cal.get("member_temperature") is not None:
+        line = f"ECE {_fmt_estimate(cal['after']['ece'])} (fold ensemble, members scaled by T = {cal['member_temperature']:.3f}, fitted on {images})"
+    else:
+        line = f"ECE {_fmt_estimate(cal['before']['ece'])} before temperature scaling"
+    if cal.get("after") and cal.get("member_temperature") is None:
+        line += f", {_fmt_estimate(cal['after']['ece'])} after (T = {cal['temperature']:.3f}, fitted on {images})"
+    out["Calibration (test ECE, 15 bins)"] = line
+    for q in clinical.get("questions", []):
+        for r in q.get("points", []):
+            out[f"{r['point']['description']} for {q['name']} (t = {r['point']['threshold']:.3f})"] = (
+                f"sensitivity {_fmt_estimate(r['sensitivity'])}, specificity {_fmt_estimate(r['specificity'])}, "
+                f"PPV {_fmt_estimate(r['ppv'])}, NPV {_fmt_estimate(r['npv'])}"
+            )
+    conf = clinical.get("conformal")
+    if conf:
+        out[f"Prediction sets ({conf['method'].upper()}, target coverage {1 - conf['alpha']:.0%})"] = (
+            f"coverage {_fmt_estimate(conf['coverage'])}, mean set size {_fmt_estimate(conf['mean_size'], 2)}"
+        )
+    worst = []
+    for table in clinical.get("subgroups", []):
+        name = table["worst"].get("recall")
+        if name is None:
+            continue
+        group = next(g for g in table["groups"] if g["value"] == name)
+        worst.append((group["recall"]["value"], f"{table['column']} = {name}: recall {_fmt_estimate(group['recall'])} (n = {group['n']})"))
+    if worst:
+        out["Worst subgroup (recall)"] = min(worst)[1]
+    return out
 
 
 def model_family(model_name: str) -> str:

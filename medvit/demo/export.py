@@ -46,7 +46,7 @@ from medvit.boundary.predictions import read_predictions_file
 from medvit.metrics import compute_metrics
 from medvit.models.pretrained import describe_pretrained
 from medvit.report import write_report
-from medvit.reporting.calibrate import calibrate_run
+from medvit.clinical.calibrate import calibrate_run
 from medvit.run_dir import cv_members
 from medvit.train.evaluate import evaluate_run
 

@@ -27,7 +27,7 @@ import streamlit as st  # noqa: E402
 from medvit import assets, demo  # noqa: E402
 from medvit.data.images import read_image, read_mask  # noqa: E402
 from medvit.explain import CAM_METHODS, DEFAULT_TOP_FRACTION  # noqa: E402
-from medvit.reporting.decision import decide  # noqa: E402
+from medvit.clinical.decision import decide  # noqa: E402
 from medvit.run_dir import BEST_WEIGHTS  # noqa: E402
 
 _logger = logging.getLogger("medvit.app")

@@ -2,7 +2,7 @@
 
 One process (CPU or one GPU). The loop reuses the fine-tuning engine's pieces: data order and
 augmentation are functions of ``(seed, epoch)`` (:func:`medvit.train.sampling.build_loader`), every
-epoch ends with an atomic commit (:func:`medvit.train.checkpoint.commit_checkpoint`) of the student
+epoch ends with an atomic commit (:func:`medvit.train.resume.commit_checkpoint`) of the student
 *with* its adapters, so ``resume`` continues exactly, and then ``backbone.safetensors`` (the student
 without adapters and without its ImageNet head) is rewritten, so even a time-boxed run that is
 stopped leaves a usable backbone. The run directory holds ``config.yaml``, ``model.json``,
@@ -42,7 +42,7 @@ from medvit.run_dir import (
     write_model_info,
 )
 from medvit.train.acceleration import resolve_precision, train_autocast
-from medvit.train.checkpoint import clean_interrupted_writes, recover_checkpoint, seed_epoch, try_recover_checkpoint
+from medvit.train.resume import clean_interrupted_writes, recover_checkpoint, seed_epoch, try_recover_checkpoint
 from medvit.train.distributed import DistContext
 from medvit.train.loop import Optimization, cosine_scheduler, run_log
 from medvit.train.sampling import build_loader

@@ -8,7 +8,7 @@ the whole split. Only rank 0 writes.
 
 Exact resume: data order, augmentation (:mod:`medvit.train.sampling`) and dropout are functions
 of ``(seed, epoch)``, so an epoch replays identically whatever happened before it, and every epoch
-ends with an atomic checkpoint commit (:mod:`medvit.train.checkpoint`). A run killed at any moment
+ends with an atomic checkpoint commit (:mod:`medvit.train.resume`). A run killed at any moment
 continues with ``--resume``: before its first commit it starts again from epoch 0, and
 ``metrics.csv`` is always rebuilt from the committed state.
 """
@@ -40,7 +40,7 @@ from medvit.run_dir import (
     save_run_weights,
     write_metrics_csv,
 )
-from medvit.train.checkpoint import clean_interrupted_writes, seed_epoch, set_aside_unusable_state, try_recover_checkpoint
+from medvit.train.resume import clean_interrupted_writes, seed_epoch, set_aside_unusable_state, try_recover_checkpoint
 from medvit.train.acceleration import inference_amp, resolve_precision
 from medvit.train.config import TrainConfig, config_from_dict
 from medvit.train.distributed import DistContext

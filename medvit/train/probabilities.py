@@ -1,6 +1,6 @@
 """A run's calibration applied to probabilities and prediction files (no fitting, no model).
 
-The ``calibration`` record of ``model.json`` (written by :func:`medvit.reporting.calibrate.calibrate_run`)
+The ``calibration`` record of ``model.json`` (written by :func:`medvit.clinical.calibrate.calibrate_run`)
 holds the temperature and the conformal threshold; these helpers apply them. A predictions file
 records the temperature its ``prob_*`` columns carry (column ``temperature``, absent = 1), so the
 unscaled probabilities can always be recovered for "before" figures. ``T = 1`` leaves

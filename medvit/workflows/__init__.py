@@ -5,7 +5,7 @@
 * :mod:`~medvit.workflows.cv`: :func:`train_cv`, a cross-validated run (K fold runs, out-of-fold
   predictions and their calibration, the fold ensemble or the refit) — ``medvit train`` with ``cv.folds``.
 
-The engine (:mod:`medvit.train`) only trains and predicts; it never calls up into :mod:`medvit.reporting`
+The engine (:mod:`medvit.train`) only trains and predicts; it never calls up into :mod:`medvit.clinical`
 or :mod:`medvit.report`.
 """
 

@@ -59,7 +59,7 @@ from medvit.run_dir import (
     write_model_info,
 )
 from medvit.report import write_report
-from medvit.reporting.calibrate import calibrate_run
+from medvit.clinical.calibrate import calibrate_run
 from medvit.train.config import CrossValidationConfig, EarlyStoppingConfig, TrainConfig, config_from_dict, config_to_dict
 from medvit.train.loop import run_log
 from medvit.train.evaluate import evaluate_run

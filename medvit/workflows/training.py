@@ -1,7 +1,7 @@
 """Finish a run: train, then calibrate on validation and write the report (``medvit train``).
 
 :func:`medvit.train.train` fine-tunes and writes the run's predictions; :func:`finish_run` then fits the
-calibration on the validation split (:func:`medvit.reporting.calibrate.calibrate_run`: temperature,
+calibration on the validation split (:func:`medvit.clinical.calibrate.calibrate_run`: temperature,
 conformal sets, operating points; the prediction files are rewritten with it) and writes ``report/``
 (:func:`medvit.report.write_report`), as the run's ``config.yaml`` asks (``eval_split``, ``report``).
 """
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from medvit.report import write_report
-from medvit.reporting.calibrate import calibrate_run
+from medvit.clinical.calibrate import calibrate_run
 from medvit.run_dir import predictions_filename, read_config
 from medvit.train.config import TrainConfig, config_from_dict
 from medvit.train.engine import TrainResult, train

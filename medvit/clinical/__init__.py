@@ -1,5 +1,5 @@
 """Clinical reporting of a run: calibration (temperature, conformal sets, operating points fitted on
 validation), the report sections built from them, their plots, and evaluation on external data.
 
-``medvit.reporting.calibrate`` needs no torch unless validation predictions must be computed.
+``medvit.clinical.calibrate`` needs no torch unless validation predictions must be computed.
 """

@@ -2,7 +2,7 @@
 clinical question, conformal prediction sets and subgroups, as a JSON-ready dict and Markdown.
 
 Thresholds, temperature and the conformal threshold come from the run's validation split
-(``model.json["calibration"]``, see :mod:`medvit.reporting.calibrate`); every figure here is
+(``model.json["calibration"]``, see :mod:`medvit.clinical.calibrate`); every figure here is
 measured on the reported (test or external) predictions.
 """
 
@@ -25,9 +25,9 @@ from medvit.metrics.operating_points import (
     question_auroc,
 )
 from medvit.metrics.subgroups import age_bands, subgroup_table
-from medvit.reporting.calibrate import fit_calibration
+from medvit.clinical.calibrate import fit_calibration
 from medvit.train.probabilities import unscaled_probabilities
-from medvit.reporting.plots import plot_operating_points, plot_reliability
+from medvit.clinical.plots import plot_operating_points, plot_reliability
 from medvit.run_dir import ReportFiles
 from medvit.markdown import markdown_table
 from medvit.data.manifest import read_manifest
