@@ -17,8 +17,12 @@ import pandas as pd
 from matplotlib.figure import Figure  # pyplot-free: no global backend or figure state
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
+from medvit.boundary.predictions import read_predictions_file
+from medvit.clinical.cv import cv_markdown, cv_summary
+from medvit.clinical.external import with_external_notice
+from medvit.clinical.section import clinical_section
+from medvit.markdown import markdown_table
 from medvit.metrics import ClassificationMetrics, Estimate, compute_metrics
-from medvit.train.probabilities import probability_columns
 from medvit.run_dir import (
     REPORT_DIR,
     ReportFiles,
@@ -27,11 +31,7 @@ from medvit.run_dir import (
     read_model_info,
     split_sizes,
 )
-from medvit.markdown import markdown_table
-from medvit.boundary.predictions import read_predictions_file
-from medvit.clinical.cv import cv_markdown, cv_summary
-from medvit.clinical.external import with_external_notice
-from medvit.clinical.section import clinical_section
+from medvit.train.probabilities import probability_columns
 
 __all__ = [
     "write_report",

@@ -26,7 +26,11 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
+from medvit.boundary.weights import read_safetensors
 from medvit.errors import UnknownNameError
+from medvit.models import create_model
+from medvit.models.ensemble import FoldEnsemble
+from medvit.models.storage import dequantize, quantize
 from medvit.run_names import (  # re-exported: the run's file names live in one module
     BEST_WEIGHTS,
     CONFIG_YAML,
@@ -41,10 +45,6 @@ from medvit.run_names import (  # re-exported: the run's file names live in one 
     SELECTION_JSON,
     TRAIN_LOG,
 )
-from medvit.boundary.weights import read_safetensors
-from medvit.models import create_model
-from medvit.models.ensemble import FoldEnsemble
-from medvit.models.storage import dequantize, quantize
 
 __all__ = [
     "TIMING_COLUMNS",

@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 
 from medvit.boundary.predictions import read_predictions_file
+from medvit.clinical.questions import run_questions
 from medvit.metrics.calibration import apply_temperature, fit_temperature, nll
 from medvit.metrics.conformal import conformal_quantile
 from medvit.metrics.operating_points import DEFAULT_SENSITIVITIES, binary_scores, choose_thresholds
-from medvit.train.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
-from medvit.clinical.questions import run_questions
 from medvit.run_dir import OOF_SPLIT, atomic_write_text, predictions_filename, read_model_info, write_model_info
 from medvit.train.evaluate import evaluate_run
+from medvit.train.probabilities import DEFAULT_METHOD, calibrate_frame, unscaled_probabilities
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_SENSITIVITIES", "calibrate_run", "fit_calibration"]
 

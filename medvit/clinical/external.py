@@ -12,10 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from medvit.run_dir import PREDICTIONS_CSV, read_model_info, write_model_info
 from medvit.boundary.manifest import require_same_classes
 from medvit.data.manifest import manifest_hash, manifest_info_path, read_manifest_info
-from medvit.run_dir import predictions_filename, read_config
+from medvit.run_dir import PREDICTIONS_CSV, predictions_filename, read_config, read_model_info, write_model_info
 from medvit.train.evaluate import evaluate_run
 
 __all__ = [

@@ -7,11 +7,11 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from medvit.data.datasets import DATASETS
-from medvit.clinical.summary import clinical_markdown, clinical_summary, subgroup_frame
-from medvit.run_dir import predictions_filename
 from medvit.boundary.predictions import read_predictions_file
+from medvit.clinical.summary import clinical_markdown, clinical_summary, subgroup_frame
+from medvit.data.datasets import DATASETS
 from medvit.data.manifest import manifest_info_path, read_manifest_info
+from medvit.run_dir import predictions_filename
 
 __all__ = ["clinical_section"]
 

@@ -14,16 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from medvit.clinical.cv import describe_cv
 from medvit.demo.catalog import discover_runs
-from medvit.report import format_estimate, read_summary, summary_estimate
-from medvit.run_dir import (
-    kept_epoch, monitored_metric, read_config, read_metrics, read_model_info, read_selection, split_sizes,
-    training_seconds,
-)
 from medvit.markdown import markdown_table
 from medvit.metrics.bootstrap import Estimate
 from medvit.models import get_model_info
-from medvit.clinical.cv import describe_cv
+from medvit.report import format_estimate, read_summary, summary_estimate
+from medvit.run_dir import (
+    kept_epoch,
+    monitored_metric,
+    read_config,
+    read_metrics,
+    read_model_info,
+    read_selection,
+    split_sizes,
+    training_seconds,
+)
 
 __all__ = ["ModelCard", "clinical_card", "demo_models_markdown", "load_model_card"]
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medvit.run_dir import Run, load_run
 from medvit.explain import figure_to_png, overlay_cam, render_grid
 from medvit.explain.faithfulness import FaithfulnessConfig
 from medvit.explain.pipeline import explain, resize_mask
+from medvit.run_dir import Run, load_run
 
 __all__ = [
     "DemoModel",

@@ -18,11 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from medvit.boundary.predictions import read_predictions_file
+from medvit.clinical.calibrate import calibrate_run
 from medvit.errors import UnknownNameError
 from medvit.hashing import sha256_file
-from medvit.report import read_summary, summary_estimate
-from medvit.train.probabilities import probability_columns
-from medvit.workflows.cv import chosen_epochs
+from medvit.metrics import compute_metrics
+from medvit.models.pretrained import describe_pretrained
+from medvit.report import read_summary, summary_estimate, write_report
 from medvit.run_dir import (
     BEST_WEIGHTS,
     CONFIG_YAML,
@@ -32,6 +34,7 @@ from medvit.run_dir import (
     SELECTION_JSON,
     ReportFiles,
     atomic_write_text,
+    cv_members,
     export_run,
     kept_epoch,
     monitored_metric,
@@ -42,13 +45,9 @@ from medvit.run_dir import (
     read_selection,
     write_model_info,
 )
-from medvit.boundary.predictions import read_predictions_file
-from medvit.metrics import compute_metrics
-from medvit.models.pretrained import describe_pretrained
-from medvit.report import write_report
-from medvit.clinical.calibrate import calibrate_run
-from medvit.run_dir import cv_members
 from medvit.train.evaluate import evaluate_run
+from medvit.train.probabilities import probability_columns
+from medvit.workflows.cv import chosen_epochs
 
 __all__ = ["validation_score", "export_demo_model", "mark_defaults", "portable_config"]
 

@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any, ContextManager, Sequence
 
 import numpy as np
-from scipy.special import softmax
 import torch
+from scipy.special import softmax
 
+from medvit.data.transforms import Resize2d, preprocess_image
 from medvit.explain.cam import StageCams, compute_stage_cams
 from medvit.explain.faithfulness import FaithfulnessConfig, StageFaithfulness, stage_faithfulness
 from medvit.explain.localization import SCORE_NAMES, LocalizationScores, localization_scores
 from medvit.explain.options import DEFAULT_TOP_FRACTION
 from medvit.explain.overlay import denormalize_image
-from medvit.models.ensemble import FoldEnsemble
 from medvit.explain.sanity import CASCADE, SANITY_MAX_SPEARMAN, StageSanity, cascading_randomization
-from medvit.data.transforms import Resize2d, preprocess_image
+from medvit.models.ensemble import FoldEnsemble
 
 __all__ = [
     "NOTICE",

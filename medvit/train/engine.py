@@ -29,6 +29,9 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from tqdm.auto import tqdm
 
+from medvit.data.manifest import read_manifest
+from medvit.metrics import compute_metrics
+from medvit.models import create_model, sized_model_kwargs
 from medvit.run_dir import (
     BEST_WEIGHTS,
     CONFIG_YAML,
@@ -40,22 +43,19 @@ from medvit.run_dir import (
     save_run_weights,
     write_metrics_csv,
 )
-from medvit.train.resume import clean_interrupted_writes, seed_epoch, set_aside_unusable_state, try_recover_checkpoint
 from medvit.train.acceleration import inference_amp, resolve_precision
 from medvit.train.config import TrainConfig, config_from_dict
+from medvit.train.distill import DistillationLoss, load_teacher
 from medvit.train.distributed import DistContext
 from medvit.train.evaluate import evaluate_run
 from medvit.train.freeze import apply_mode, frozen_roots, set_train_mode
 from medvit.train.loop import EpochStats, NonFiniteLossError, Optimization, cosine_scheduler, run_log
+from medvit.train.ordinal import OrdinalSoftLabelLoss
 from medvit.train.predict import Predictions, predict, write_predictions
+from medvit.train.resume import clean_interrupted_writes, seed_epoch, set_aside_unusable_state, try_recover_checkpoint
 from medvit.train.run_files import dataset_description, holds_results, write_run_files
 from medvit.train.sampling import SplitData, build_loader, load_split
 from medvit.train.state import TrainState
-from medvit.data.manifest import read_manifest
-from medvit.metrics import compute_metrics
-from medvit.models import create_model, sized_model_kwargs
-from medvit.train.distill import DistillationLoss, load_teacher
-from medvit.train.ordinal import OrdinalSoftLabelLoss
 
 __all__ = [
     "train",

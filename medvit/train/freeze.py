@@ -16,6 +16,7 @@ and drop-path active. Pinning eval mode keeps the architecture and the state-dic
 from __future__ import annotations
 
 from torch import nn
+
 from medvit.models import stage_modules
 
 __all__ = ["apply_mode", "frozen_roots", "set_train_mode"]

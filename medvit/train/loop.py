@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from medvit.errors import RunError
 from medvit.run_dir import LAST_WEIGHTS, load_run_weights
 from medvit.train.acceleration import TrainStep
-from medvit.train.resume import commit_checkpoint, rng_state, set_rng_state
 from medvit.train.distributed import DistContext
+from medvit.train.resume import commit_checkpoint, rng_state, set_rng_state
 from medvit.train.state import TrainState
 
 __all__ = ["LOG_EVERY", "EpochStats", "NonFiniteLossError", "Optimization", "cosine_scheduler", "run_log"]

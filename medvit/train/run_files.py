@@ -8,12 +8,12 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from medvit.hashing import sha256_file
-from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, PREDICTIONS_CSV, atomic_write_text, write_model_info
-from medvit.train.config import TrainConfig, config_to_dict
 from medvit.data import get_spec
 from medvit.data.manifest import manifest_hash, read_manifest_info
+from medvit.hashing import sha256_file
 from medvit.models.pretrained import describe_pretrained
+from medvit.run_dir import BEST_WEIGHTS, CONFIG_YAML, PREDICTIONS_CSV, atomic_write_text, write_model_info
+from medvit.train.config import TrainConfig, config_to_dict
 
 __all__ = ["dataset_description", "holds_results", "write_run_files"]
 

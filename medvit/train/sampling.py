@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from medvit.train.distributed import DistContext
 from medvit.data.loaders import create_dataset
+from medvit.train.distributed import DistContext
 
 __all__ = ["EpochSampler", "SeededDataset", "SplitData", "build_loader", "dataset_records", "load_split", "mix_seed"]
 
