@@ -1,7 +1,8 @@
 """The one config validator: dataclasses as schemas, YAML mappings checked against them, ``--set`` overrides.
 
 ``medvit train`` (:class:`medvit.train.config.TrainConfig`), ``medvit pretrain``
-(:class:`medvit.pretrain.config.PretrainConfig`) and the study's protocol build their configs with
+(:class:`medvit.pretrain.config.PretrainConfig`) and ``medvit study`` (its YAML schema in
+:mod:`medvit.study.config`) build their configs with
 :func:`build_config`: every key maps to a field, unknown keys ("did you mean") and bad values raise a
 ``ValueError`` naming the key and what is allowed, so a typo never runs silently with a default.
 """
@@ -108,7 +109,7 @@ def image_size_pair(value: Any) -> list[int]:
     return sizes * 2 if len(sizes) == 1 else sizes
 
 
-def _check_type(key: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
+def _check_type(key: str, value: Any, f: dataclasses.Field, tp: Any, noun: str = "config key") -> Any:
     """Check one value against the field's resolved annotation ``tp``; returns the coerced value."""
     if f.metadata.get("image_size"):
         return image_size_pair(value)
@@ -116,15 +117,15 @@ def _check_type(key: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
         return _coerce(value, tp)
     except TypeError:
         expected = f.metadata.get("expected", _describe(tp))
-        raise ValueError(f"config key '{key}': expected {expected}, got {value!r}") from None
+        raise ValueError(f"{noun} '{key}': expected {expected}, got {value!r}") from None
 
 
-def _check_range(key: str, value: Any, f: dataclasses.Field) -> None:
+def _check_range(key: str, value: Any, f: dataclasses.Field, noun: str = "config key") -> None:
     if value is None:
         return
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         allowed = ", ".join("null" if c is None else str(c) for c in f.metadata["choices"])
-        raise ValueError(f"config key '{key}': got {value!r}; allowed: {allowed}")
+        raise ValueError(f"{noun} '{key}': got {value!r}; allowed: {allowed}")
     if "range" in f.metadata:
         low, high, low_open = f.metadata["range"]
         bad_low = low is not None and (value <= low if low_open else value < low)
@@ -133,42 +134,78 @@ def _check_range(key: str, value: Any, f: dataclasses.Field) -> None:
             lo = "-inf" if low is None else low
             hi = "inf" if high is None else high
             bracket = "(" if low_open else "["
-            raise ValueError(f"config key '{key}': {value!r} is out of range; allowed: {bracket}{lo}, {hi}]")
+            raise ValueError(f"{noun} '{key}': {value!r} is out of range; allowed: {bracket}{lo}, {hi}]")
 
 
-def build_config(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+def build_config(cls: type, data: Mapping[str, Any], prefix: str = "", noun: str = "config key") -> Any:
     """Build the dataclass ``cls`` from a mapping, checking every key and value against its fields.
 
     Unknown keys raise with a "did you mean"; each value is checked against the field's annotation
     (:func:`typing.get_type_hints`) and its metadata (:func:`value_range`, :func:`choices`,
-    ``{"image_size": True}``); a field typed as a dataclass is a nested section (``prefix`` names it).
+    ``{"image_size": True}``, ``{"key": "class"}`` for a YAML key that is no Python name); a field typed
+    as a dataclass is a nested section (``prefix`` names it), and so is each value of a
+    ``dict[str, <dataclass>]`` field (named sections, e.g. a study's datasets) and each item of a
+    ``list[<dataclass>]``. A field without a default is a required key.
 
     Raises:
-        ValueError: naming the key and what is allowed.
+        ValueError: naming the key (``noun``: how keys are called, e.g. "study config key") and what is allowed.
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+        raise ValueError(f"{noun} '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
         raise ValueError(
-            f"unknown config key '{prefix}{unknown[0]}'{hint}; allowed keys{' under ' + prefix.rstrip('.') if prefix else ''}: "
+            f"unknown {noun} '{prefix}{unknown[0]}'{hint}; allowed keys{' under ' + prefix.rstrip('.') if prefix else ''}: "
             f"{', '.join(sorted(fields))}"
         )
+    missing = [key for key, f in fields.items() if key not in data and _is_required(f)]
+    if missing:
+        raise ValueError(f"{noun} '{prefix}{missing[0]}' is missing; it has no default")
     hints = typing.get_type_hints(cls)
     kwargs = {}
-    for name, value in data.items():
-        f = fields[name]
-        key = f"{prefix}{name}"
-        if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = build_config(hints[name], value or {}, prefix=f"{key}.")
-            continue
-        value = _check_type(key, value, f, hints[name])
-        _check_range(key, value, f)
-        kwargs[name] = value
+    for key_name, value in data.items():
+        f = fields[key_name]
+        key = f"{prefix}{key_name}"
+        kwargs[f.name] = _build_value(key, value, f, hints[f.name], noun)
     return cls(**kwargs)
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _section_type(tp: Any) -> Any:
+    """The dataclass of a section field (``tp``, or the arm of ``tp | None``); ``None`` otherwise."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        arms = [arm for arm in typing.get_args(tp) if arm is not type(None)]
+        if len(arms) == 1 and dataclasses.is_dataclass(arms[0]):
+            return arms[0]
+    return None
+
+
+def _build_value(key: str, value: Any, f: dataclasses.Field, tp: Any, noun: str) -> Any:
+    """One field's value: a nested section, a mapping or list of sections, or a checked plain value."""
+    section = _section_type(tp)
+    if section is not None:
+        return build_config(section, value or {}, prefix=f"{key}.", noun=noun)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict and len(args) == 2 and _section_type(args[1]) is not None:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{noun} '{key}': expected a mapping of named sections, got {value!r}")
+        return {str(name): build_config(_section_type(args[1]), spec or {}, prefix=f"{key}.{name}.", noun=noun)
+                for name, spec in value.items()}
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{noun} '{key}': expected a list, got {value!r}")
+        return [build_config(args[0], item, prefix=f"{key}[{i}].", noun=noun) for i, item in enumerate(value)]
+    value = _check_type(key, value, f, tp, noun)
+    _check_range(key, value, f, noun)
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

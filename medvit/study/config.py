@@ -11,13 +11,13 @@ every dataset's cell fine-tunes from that run.
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-from medvit.config_files import load_yaml_config
+from medvit.config_files import load_yaml_config, merge_config
+from medvit.config_schema import build_config, choices, image_size_pair, value_range
 from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict
 from medvit.train.config import TrainConfig, apply_overrides, config_from_dict
 
@@ -25,12 +25,70 @@ __all__ = ["STARTS", "Claim", "StudyConfig", "load_study_config", "study_config_
 
 STARTS = ("distilled", "imagenet", "scratch")
 CLAIM_KINDS = ("highest_macro_precision", "recall_ratio", "highest_recall", "highest_localization")
-_TOP_KEYS = ("name", "datasets", "backbones", "reference", "protocol", "cam", "claims", "n_bootstrap")
-_PROTOCOL_KEYS = ("start", "image_size", "seeds", "selection", "pretrain", "train", "weights")
-_DATASET_KEYS = ("manifest", "root", "train")
-_BACKBONE_KEYS = ("model", "model_kwargs", "start")
-_CAM_KEYS = ("dataset", "split", "method", "figure_images", "score", "stage")
-_CLAIM_KEYS = ("id", "kind", "text", "datasets", "dataset", "class", "ratio", "score", "stage")
+_NOUN = "study config key"
+
+
+# -- the YAML schema (checked by medvit.config_schema.build_config, like the train and pretrain configs) --------
+
+
+@dataclass
+class _DatasetSpec:
+    manifest: str
+    root: str
+    train: dict[str, Any] = field(default_factory=dict)  # per-dataset training keys, validated per cell
+
+
+@dataclass
+class _BackboneSpec:
+    model: str | None = None  # default: the backbone's name
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    start: str | None = field(default=None, metadata=choices(None, *STARTS))  # default: the protocol's
+
+
+@dataclass
+class _ProtocolSpec:
+    start: str = field(default="distilled", metadata=choices(*STARTS))
+    image_size: list[int] = field(default_factory=lambda: [128, 128], metadata={"image_size": True})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    selection: str = "val_balanced_accuracy"
+    pretrain: dict[str, Any] = field(default_factory=dict)  # validated as each backbone's pretrain config
+    train: dict[str, Any] = field(default_factory=dict)  # validated as each cell's training config
+    weights: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _CamSpec:
+    dataset: str | None = None
+    split: str = "test"
+    method: str = "gradcam"
+    figure_images: int = field(default=6, metadata=value_range(0))
+    score: str = "energy"
+    stage: int = field(default=4, metadata=value_range(1, 4))
+
+
+@dataclass
+class _ClaimSpec:
+    kind: str = field(metadata=choices(*CLAIM_KINDS))
+    id: str | None = None
+    text: str = ""
+    datasets: list[str] | None = None
+    dataset: str | None = None
+    class_name: str | int | None = field(default=None, metadata={"key": "class"})
+    ratio: float = field(default=1.0, metadata=value_range(0, low_open=True))
+    score: str = "energy"
+    stage: int = field(default=4, metadata=value_range(1, 4))
+
+
+@dataclass
+class _StudySpec:
+    datasets: dict[str, _DatasetSpec]
+    backbones: dict[str, _BackboneSpec | None]
+    protocol: _ProtocolSpec
+    name: str = "study"
+    reference: str | None = None  # default: the first backbone
+    cam: _CamSpec | None = None
+    claims: list[_ClaimSpec] = field(default_factory=list)
+    n_bootstrap: int = field(default=1000, metadata=value_range(1))
 
 
 @dataclass(frozen=True)
@@ -83,22 +141,22 @@ class StudyConfig:
     def backbone_start(self, backbone: str) -> str:
         """The start of ``backbone``: its own ``start`` (e.g. ``distilled`` for a backbone without public
         ImageNet weights in an ``imagenet`` study) or the protocol's."""
-        return str(self.backbones[backbone].get("start", self.start))
+        return str(self.backbones[backbone].get("start") or self.start)
 
     def cell_train_dict(self, dataset: str, backbone: str, seed: int, pretrained: str | None) -> dict[str, Any]:
         """The training config of cell (``dataset``, ``backbone``, ``seed``) as a plain dict."""
-        data = _merge(self.train, self.datasets[dataset].get("train", {}))
+        data = merge_config(self.train, self.datasets[dataset].get("train", {}))
         spec = self.backbones[backbone]
         data.update(
             model=spec["model"],
-            model_kwargs=_merge(data.get("model_kwargs", {}), spec.get("model_kwargs", {})),
+            model_kwargs=merge_config(data.get("model_kwargs", {}), spec.get("model_kwargs", {})),
             manifest=self.datasets[dataset]["manifest"],
             root=self.datasets[dataset]["root"],
             image_size=list(self.image_size),
             seed=seed,
             pretrained=pretrained,
         )
-        data["early_stopping"] = _merge(data.get("early_stopping", {}), {"metric": self.selection})
+        data["early_stopping"] = merge_config(data.get("early_stopping", {}), {"metric": self.selection})
         return data
 
     def cell_train_config(self, dataset: str, backbone: str, seed: int, pretrained: str | None) -> TrainConfig:
@@ -111,7 +169,7 @@ class StudyConfig:
         spec = self.backbones[backbone]
         data.update(
             student=spec["model"],
-            student_kwargs=_merge(data.get("student_kwargs", {}), spec.get("model_kwargs", {})),
+            student_kwargs=merge_config(data.get("student_kwargs", {}), spec.get("model_kwargs", {})),
             image_size=list(self.image_size),
         )
         data.setdefault("data", [{"manifest": d["manifest"], "root": d["root"]} for d in self.datasets.values()])
@@ -122,47 +180,19 @@ class StudyConfig:
         return pretrain_config_from_dict(self.pretrain_dict(backbone))
 
 
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, one level deep for nested sections."""
-    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
-
-
-def _check_keys(where: str, data: Any, allowed: Sequence[str]) -> dict[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"study config {where}: expected a mapping, got {type(data).__name__}")
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(allowed)}"
-            raise ValueError(f"unknown study config key '{where}{key}'{hint}")
-    return dict(data)
-
-
-def _claims(items: Any, datasets: Sequence[str]) -> list[Claim]:
-    if not isinstance(items, list):
-        raise ValueError("study config 'claims': expected a list")
+def _claims(specs: Sequence[_ClaimSpec], datasets: Sequence[str]) -> list[Claim]:
     claims = []
-    for i, item in enumerate(items):
-        item = _check_keys(f"claims[{i}].", item, _CLAIM_KEYS)
-        kind = item.get("kind")
-        if kind not in CLAIM_KINDS:
-            raise ValueError(f"study config 'claims[{i}].kind': got {kind!r}; allowed: {', '.join(CLAIM_KINDS)}")
-        names = tuple(item.get("datasets") or ([item["dataset"]] if "dataset" in item else datasets))
+    for i, spec in enumerate(specs):
+        names = tuple(spec.datasets or ([spec.dataset] if spec.dataset is not None else datasets))
         unknown = [d for d in names if d not in datasets]
         if unknown:
             raise ValueError(f"study config 'claims[{i}]': dataset {unknown[0]!r} is not one of {list(datasets)}")
-        if kind in ("recall_ratio", "highest_recall") and "class" not in item:
-            raise ValueError(f"study config 'claims[{i}]': a {kind} claim needs 'class'")
+        if spec.kind in ("recall_ratio", "highest_recall") and spec.class_name is None:
+            raise ValueError(f"study config 'claims[{i}]': a {spec.kind} claim needs 'class'")
         claims.append(Claim(
-            id=str(item.get("id", f"claim{i + 1}")), kind=kind, text=str(item.get("text", "")), datasets=names,
-            class_name=None if item.get("class") is None else str(item["class"]), ratio=float(item.get("ratio", 1.0)),
-            score=str(item.get("score", "energy")), stage=int(item.get("stage", 4)),
+            id=spec.id or f"claim{i + 1}", kind=spec.kind, text=spec.text, datasets=names,
+            class_name=None if spec.class_name is None else str(spec.class_name), ratio=spec.ratio,
+            score=spec.score, stage=spec.stage,
         ))
     return claims
 
@@ -173,52 +203,32 @@ def study_config_from_dict(data: Mapping[str, Any]) -> StudyConfig:
     Raises:
         ValueError: an unknown key, a bad value, or a cell config the engine would refuse (named).
     """
-    top = _check_keys("", data, _TOP_KEYS)
-    for key in ("datasets", "backbones", "protocol"):
-        if key not in top:
-            raise ValueError(f"study config: missing '{key}'")
-    datasets = {}
-    for name, spec in _check_keys("datasets.", top["datasets"], list(top["datasets"])).items():
-        spec = _check_keys(f"datasets.{name}.", spec, _DATASET_KEYS)
-        if "manifest" not in spec or "root" not in spec:
-            raise ValueError(f"study config 'datasets.{name}': needs 'manifest' and 'root'")
-        datasets[str(name)] = spec
-    backbones = {}
-    for name, spec in top["backbones"].items():
-        spec = _check_keys(f"backbones.{name}.", spec or {"model": name}, _BACKBONE_KEYS)
-        spec.setdefault("model", name)
-        backbones[str(name)] = spec
+    spec = build_config(_StudySpec, data, noun=_NOUN)
+    datasets = {name: dataclasses.asdict(d) for name, d in spec.datasets.items()}
+    backbones = {name: dataclasses.asdict(b or _BackboneSpec()) for name, b in spec.backbones.items()}
+    for name, backbone in backbones.items():
+        backbone["model"] = backbone["model"] or name
     if not datasets or not backbones:
         raise ValueError("study config: needs at least one dataset and one backbone")
-    protocol = _check_keys("protocol.", top["protocol"], _PROTOCOL_KEYS)
-    start = protocol.get("start", "distilled")
-    if start not in STARTS:
-        raise ValueError(f"study config 'protocol.start': got {start!r}; allowed: {', '.join(STARTS)}")
-    size = protocol.get("image_size", 128)
-    image_size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-    seeds = [int(s) for s in protocol.get("seeds", [0])]
-    weights = {str(k): str(v) for k, v in (protocol.get("weights") or {}).items()}
-    unknown = [b for b in weights if b not in backbones]
+    protocol = spec.protocol
+    unknown = [b for b in protocol.weights if b not in backbones]
     if unknown:
         raise ValueError(f"study config 'protocol.weights': {unknown[0]!r} is not one of the backbones {list(backbones)}")
-    reference = str(top.get("reference", next(iter(backbones))))
+    reference = spec.reference or next(iter(backbones))
     if reference not in backbones:
         raise ValueError(f"study config 'reference': {reference!r} is not one of the backbones {list(backbones)}")
-    cam = _check_keys("cam.", top.get("cam") or {}, _CAM_KEYS)
-    if cam and cam.get("dataset") not in datasets:
-        raise ValueError(f"study config 'cam.dataset': {cam.get('dataset')!r} is not one of {list(datasets)}")
+    cam = {} if spec.cam is None else dataclasses.asdict(spec.cam)
+    if cam and cam["dataset"] not in datasets:
+        raise ValueError(f"study config 'cam.dataset': {cam['dataset']!r} is not one of {list(datasets)}")
+    seeds = protocol.seeds
     cfg = StudyConfig(
-        name=str(top.get("name", "study")), datasets=datasets, backbones=backbones, reference=reference,
-        start=start, image_size=image_size, seeds=seeds,
-        selection=str(protocol.get("selection", "val_balanced_accuracy")),
-        pretrain=dict(protocol.get("pretrain") or {}), train=dict(protocol.get("train") or {}), weights=weights,
-        cam=cam, claims=_claims(top.get("claims", []), list(datasets)),
-        n_bootstrap=int(top.get("n_bootstrap", 1000)), source=dict(data),
+        name=spec.name, datasets=datasets, backbones=backbones, reference=reference, start=protocol.start,
+        image_size=image_size_pair(protocol.image_size), seeds=seeds, selection=protocol.selection,
+        pretrain=dict(protocol.pretrain), train=dict(protocol.train), weights=dict(protocol.weights),
+        cam=cam, claims=_claims(spec.claims, list(datasets)), n_bootstrap=spec.n_bootstrap, source=dict(data),
     )
     for backbone in backbones:  # fail fast: every cell's config is checked before hours of training
         own = cfg.backbone_start(backbone)
-        if own not in STARTS:
-            raise ValueError(f"study config 'backbones.{backbone}.start': got {own!r}; allowed: {', '.join(STARTS)}")
         if own == "distilled":
             _named(f"pretrain/{backbone}", lambda: cfg.pretrain_config(backbone))
         for dataset in datasets:
