@@ -254,7 +254,7 @@ def test_config_errors_name_the_key(pools, tmp_path):
         pretrain_config_from_dict(_config(pools, stage_weight=[1, 1, 1, 1]))
     with pytest.raises(ValueError, match="config key 'teacher'.*or a `medvit train` run directory"):
         pretrain_config_from_dict(_config(pools, teacher="tf_efficientnet_lite4"))
-    with pytest.raises(ValueError, match=r"data\[0\]': missing root"):
+    with pytest.raises(ValueError, match=r"data\[0\]\.root' is missing"):
         pretrain_config_from_dict(_config(pools, data=[{"manifest": pools[0]["manifest"]}]))
     with pytest.raises(ValueError, match="config key 'stage_weights'"):
         pretrain_config_from_dict(_config(pools, stage_weights=[1, 1]))

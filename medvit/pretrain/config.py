@@ -8,7 +8,6 @@ values raise a ``ValueError`` naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -79,7 +78,7 @@ class PretrainConfig:
     student: str = "vvt_tiny"
     student_kwargs: dict = field(default_factory=dict)
     teacher: str = "tf_efficientnet_lite2"
-    data: list = field(default_factory=list)
+    data: list[DataSource] = field(default_factory=list)
     max_images_per_source: int | None = field(default=None, metadata=_range(1, None))
     max_images: int | None = field(default=None, metadata=_range(1, None))
     image_size: list = field(default_factory=lambda: [160, 160], metadata={"image_size": True})
@@ -123,30 +122,15 @@ class PretrainConfig:
                 "config key 'data': expected a list of {manifest: CSV, root: RAW_DIR}; e.g. "
                 "data: [{manifest: data_manifests/busi_pool.csv, root: ../shared/datasets/pools/busi_256}]"
             )
-        self.data = [_data_source(i, item) for i, item in enumerate(self.data)]
+        for i, source in enumerate(self.data):
+            empty = [name for name in ("manifest", "root") if not getattr(source, name)]
+            if empty:
+                raise ValueError(f"config key 'data[{i}].{empty[0]}' is empty; give {{manifest: CSV, root: RAW_DIR}}")
 
     @property
     def sources(self) -> list[DataSource]:
         """The ``data`` entries as :class:`DataSource`."""
         return list(self.data)
-
-
-def _data_source(index: int, item: Any) -> DataSource:
-    if isinstance(item, DataSource):
-        return item
-    key = f"data[{index}]"
-    if not isinstance(item, Mapping):
-        raise ValueError(f"config key '{key}': expected a mapping {{manifest: CSV, root: RAW_DIR}}, got {item!r}")
-    allowed = [f.name for f in dataclasses.fields(DataSource)]
-    for name in item:
-        if name not in allowed:
-            close = difflib.get_close_matches(str(name), allowed, n=1)
-            hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
-            raise ValueError(f"unknown config key '{key}.{name}'{hint}; allowed: {', '.join(allowed)}")
-    missing = [name for name in allowed if not item.get(name)]
-    if missing:
-        raise ValueError(f"config key '{key}': missing {', '.join(missing)}; give {{manifest: CSV, root: RAW_DIR}}")
-    return DataSource(manifest=str(item["manifest"]), root=str(item["root"]))
 
 
 def pretrain_config_from_dict(data: Mapping[str, Any]) -> PretrainConfig:
