@@ -14,9 +14,7 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +24,7 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
+from medvit.atomic import atomic_save, atomic_write_text  # re-exported: run files are written atomically
 from medvit.boundary.weights import read_safetensors
 from medvit.errors import UnknownNameError
 from medvit.models import create_model
@@ -78,6 +77,7 @@ __all__ = [
     "read_config",
     "read_model_header",
     "read_selection",
+    "write_selection",
     "CONFIG_YAML",
     "SELECTION_JSON",
     "REPORT_DIR",
@@ -138,24 +138,6 @@ class Run:
     info: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     temperature: float = 1.0
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then ``os.replace``)."""
-    atomic_save(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_save(path: Path, save: Any) -> None:
-    """Call ``save(tmp)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def predictions_filename(split: str) -> str:
@@ -370,6 +352,14 @@ def read_model_header(path: str | Path) -> tuple[str, str, str]:
         return str(info.get("dataset", "")), str(info.get("model", "")), str(info.get("kind", ""))
     except (OSError, ValueError, AttributeError):
         return "", "", ""
+
+
+def write_selection(folder: str | Path, selection: Mapping[str, Any]) -> Path:
+    """Write ``FOLDER/selection.json`` atomically: the one writer of an embedded model's selection record
+    (:func:`medvit.demo.export.export_demo_model` and :func:`~medvit.demo.export.mark_defaults`)."""
+    path = Path(folder) / SELECTION_JSON
+    atomic_write_text(path, json.dumps(dict(selection), indent=2) + "\n")
+    return path
 
 
 def read_selection(path: str | Path) -> dict[str, Any]:

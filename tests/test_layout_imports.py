@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "medvit"
 
 # Bottom to top (DESIGN.md "Inside medvit/, by layer"); a top-level module (run_dir.py, cli.py) is its own package.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"medvit", "errors", "hashing", "assets", "config_files", "config_schema", "markdown", "run_names"}),
+    ("base", {"medvit", "atomic", "errors", "hashing", "assets", "config_files", "config_schema", "markdown", "run_names"}),
     ("metrics", {"metrics"}),
     ("inputs", {"models", "data", "boundary"}),
     ("runs", {"run_dir"}),

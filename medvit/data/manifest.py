@@ -22,11 +22,12 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from medvit.atomic import atomic_write_text
 from medvit.data.datasets import IMAGE_EXTENSIONS, ClinicalQuestion, DatasetSpec, RawItem, Rejection, get_spec
 from medvit.data.images import DEFAULT_MAX_PIXELS, MASK_SEPARATOR, ImageReadError, decoded_size, read_mask
 from medvit.data.splits import SPLITS, assign_splits, count_table
@@ -58,6 +59,19 @@ _FILE_DIGEST_CHARS = 16  # per-file sha256 prefix kept in the side JSON (change 
 def manifest_info_path(manifest: str | Path) -> Path:
     """The side JSON of a manifest: ``NAME.csv`` -> ``NAME.json``."""
     return Path(manifest).with_suffix(".json")
+
+
+def write_manifest_info(manifest: str | Path, info: Mapping[str, Any]) -> Path:
+    """Write the side JSON of a manifest atomically (``medvit prepare`` and the folds of a cross-validated run)."""
+    path = manifest_info_path(manifest)
+    atomic_write_text(path, json.dumps(dict(info), indent=1) + "\n")
+    return path
+
+
+def split_counts(frame: pd.DataFrame, class_names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """``{class: {split: images, ..., "total": images}}`` of a manifest frame (the side JSON's ``counts``)."""
+    counts = count_table(frame, class_names)
+    return {name: {split: int(counts.loc[name, split]) for split in (*SPLITS, "total")} for name in counts.index}
 
 
 def rejected_path(manifest: str | Path) -> Path:
@@ -415,13 +429,11 @@ def prepare_manifest(
         "num_groups": int(frame["group"].nunique()),
         "num_rejected": len(rejected),
         "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
-        "counts": {
-            name: {split: int(counts.loc[name, split]) for split in (*SPLITS, "total")} for name in counts.index
-        },
+        "counts": split_counts(frame, class_names),
         "duplicate_sets": duplicate_sets,
         "files": {rel: sha[:_FILE_DIGEST_CHARS] for rel, sha in digests.items()},
     }
-    manifest_info_path(out).write_text(json.dumps(info, indent=1) + "\n")
+    write_manifest_info(out, info)
     _logger.info("wrote %s (%d images, %d groups, %d rejected)", out, len(frame), info["num_groups"], len(rejected))
     return PrepareResult(
         manifest=out,

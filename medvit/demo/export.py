@@ -44,6 +44,7 @@ from medvit.run_dir import (
     read_model_info,
     read_selection,
     write_model_info,
+    write_selection,
 )
 from medvit.train.evaluate import evaluate_run
 from medvit.train.probabilities import probability_columns
@@ -122,7 +123,6 @@ def validation_score(
 def _out_of_fold_score(run: Path, info: Mapping[str, Any], metric: str) -> tuple[float, int]:
     """A cross-validated run's ``metric`` on its out-of-fold predictions and the epochs of its final predictor
     (the refit's, or the median of the folds' kept epochs)."""
-    import numpy as np
 
     names = [str(c) for c in info["class_names"]]
     frame = read_predictions_file(run / predictions_filename("oof"), names)
@@ -209,7 +209,7 @@ def export_demo_model(
         "storage": str(dtype).replace("torch.", ""),
         "weights_sha256": _weights_sha256(out_dir, chosen_info),
     }
-    atomic_write_text(out_dir / SELECTION_JSON, json.dumps(selection, indent=2) + "\n")
+    write_selection(out_dir, selection)
     _logger.info("embedded %s as %s (%s %s = %.4f)", runs[best], out_dir, _SPLIT_WORDS[selection["split"]], metric,
                  candidates[best]["score"])
     return selection
@@ -251,10 +251,9 @@ def _make_portable(out_dir: Path) -> None:
             config = portable_config(yaml.safe_load(path.read_text()) or {})
             atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     for path in sorted(out_dir.glob(f"*/{MODEL_JSON}")):
-        atomic_write_text(path, json.dumps(portable_config(json.loads(path.read_text())), indent=2))
+        write_model_info(path.parent, portable_config(json.loads(path.read_text())))
     info = json.loads(info_path.read_text())
     if "pretrained_description" not in info:  # runs from before describe_pretrained existed
-
         try:
             info.update(describe_pretrained(info.get("pretrained"), str(info["model"])))
         except (FileNotFoundError, ValueError) as error:
@@ -308,5 +307,5 @@ def mark_defaults(embedded_dir: str | Path, metric: str = "balanced_accuracy") -
         for score, folder in entries:
             selection = read_selection(folder)
             selection.update(default=folder == best, default_metric=f"val_{metric}", default_score=score)
-            atomic_write_text(folder / SELECTION_JSON, json.dumps(selection, indent=2) + "\n")
+            write_selection(folder, selection)
     return chosen

@@ -40,8 +40,10 @@ import torch
 import yaml
 
 from medvit.boundary.predictions import read_predictions_file
-from medvit.data.manifest import count_table, manifest_hash, manifest_info_path, read_manifest, read_manifest_info
-from medvit.data.splits import SPLITS, assign_folds
+from medvit.clinical.calibrate import calibrate_run
+from medvit.data.manifest import manifest_hash, read_manifest, read_manifest_info, split_counts, write_manifest_info
+from medvit.data.splits import assign_folds
+from medvit.report import write_report
 from medvit.run_dir import (
     CONFIG_YAML,
     FOLDS_CSV,
@@ -58,11 +60,15 @@ from medvit.run_dir import (
     read_metrics,
     write_model_info,
 )
-from medvit.report import write_report
-from medvit.clinical.calibrate import calibrate_run
-from medvit.train.config import CrossValidationConfig, EarlyStoppingConfig, TrainConfig, config_from_dict, config_to_dict
-from medvit.train.loop import run_log
+from medvit.train.config import (
+    CrossValidationConfig,
+    EarlyStoppingConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from medvit.train.evaluate import evaluate_run
+from medvit.train.loop import run_log
 from medvit.train.probabilities import unscaled_probabilities
 from medvit.workflows.training import train_run
 
@@ -153,14 +159,13 @@ def write_fold_manifest(manifest: str | Path, assignment: pd.DataFrame, held_out
     frame.loc[pooled, "split"] = "train" if held_out is None else np.where(folds[pooled] == held_out, "val", "train")
     side = read_manifest_info(manifest)
     class_names = [str(c) for c in side.get("class_names") or sorted(frame["label_name"].unique())]
-    counts = count_table(frame, class_names)
-    side["counts"] = {name: {s: int(counts.loc[name, s]) for s in (*SPLITS, "total")} for name in counts.index}
+    side["counts"] = split_counts(frame, class_names)
     side["cv"] = {"fold": held_out, "source_manifest": str(manifest), "source_hash": manifest_hash(manifest)}
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, lineterminator="\n")
     atomic_write_text(path, buffer.getvalue())
-    atomic_write_text(manifest_info_path(path), json.dumps(side, indent=1) + "\n")
+    write_manifest_info(path, side)
     return path
 
 
