@@ -12,7 +12,14 @@ from medvit.metrics.calibration import (
     monai_calibration_error,
     nll,
 )
-from medvit.metrics.conformal import conformal_quantile, evaluate_prediction_sets, format_set, prediction_sets
+from medvit.metrics.conformal import (
+    conformal_quantile,
+    cv_plus_sets,
+    evaluate_prediction_sets,
+    evaluate_set_membership,
+    format_set,
+    prediction_sets,
+)
 from medvit.metrics.operating_points import binary_scores, choose_thresholds, evaluate_operating_points, question_auroc
 from medvit.metrics.subgroups import age_bands, subgroup_table
 
@@ -192,3 +199,45 @@ def test_subgroups_recall_worst_group_and_small_groups():
     by = {g.value: g for g in few.groups}
     assert not by["b"].small and np.isnan(by["b"].recall.low) and not np.isnan(by["b"].balanced_accuracy.low)
     assert few.worst == {"recall": None, "balanced_accuracy": "b", "auroc": None}  # 10 positives < 11
+
+
+def _fold_models(rng, n, k, folds, spread):
+    """Probabilities of ``folds`` fold models: one shared signal plus each model's own noise (``spread``)."""
+    logits = rng.normal(size=(n, k)) * 1.5
+    truth = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = (truth.cumsum(1) > rng.random((n, 1))).argmax(1)
+    models = []
+    for _ in range(folds):
+        noisy = logits + rng.normal(size=logits.shape) * spread
+        models.append(np.exp(noisy) / np.exp(noisy).sum(1, keepdims=True))
+    return labels, models
+
+
+@pytest.mark.parametrize("method", ["lac", "aps"])
+def test_cv_plus_covers_new_images_at_the_nominal_rate(method):
+    rng = np.random.default_rng(3)
+    folds, alpha, n_oof, n_test = 5, 0.1, 1500, 3000
+    labels, models = _fold_models(rng, n_oof + n_test, 4, folds, spread=0.5)
+    fold_of = np.arange(n_oof) % folds  # out-of-fold: image i predicted by the model of its fold
+    oof = np.stack([models[f][i] for i, f in enumerate(fold_of)])
+    member = cv_plus_sets(labels[:n_oof], oof, fold_of, {f: models[f][n_oof:] for f in range(folds)}, alpha, method)
+    result = evaluate_set_membership(labels[n_oof:], member, list("abcd"), method, alpha, n_calibration=n_oof,
+                                     n_bootstrap=100)
+    sampling_error = 3 * np.sqrt(alpha * (1 - alpha) / n_test)
+    assert result.coverage.value >= 1 - alpha - sampling_error
+    if method == "lac":
+        assert result.coverage.value <= 1 - alpha + 0.03
+    assert sum(result.size_counts.values()) == n_test
+
+
+def test_cv_plus_with_identical_fold_models_is_split_conformal():
+    rng = np.random.default_rng(5)
+    labels, (model,) = _fold_models(rng, 900, 3, 1, spread=0.0)
+    fold_of = np.arange(600) % 3
+    member = cv_plus_sets(labels[:600], model[:600], fold_of, {f: model[600:] for f in range(3)}, 0.1, "lac")
+    residuals = 1 - model[np.arange(600), labels[:600]]
+    q = np.sort(residuals)[int(np.ceil(0.9 * 601)) - 1]  # the ceil((n + 1)(1 - alpha))-th smallest score
+    np.testing.assert_array_equal(member, 1 - model[600:] <= q)
+    assert q <= conformal_quantile(labels[:600], model[:600], 0.1, "lac")  # numpy's 'higher' quantile: a step above
+    with pytest.raises(ValueError, match="folds \\[2\\] have none"):
+        cv_plus_sets(labels[:600], model[:600], fold_of, {0: model[600:], 1: model[600:]})

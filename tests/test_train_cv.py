@@ -176,8 +176,12 @@ def test_report_has_out_of_fold_metrics_spread_and_how_chosen(cv_run):
     assert len(cv["per_fold"]) == 3 and sum(r["n"] for r in cv["per_fold"]) == 30
     assert set(cv["spread"]["balanced_accuracy"]) >= {"mean", "sd", "min", "max"}
     assert len(cv["fold_test"]) == 3
+    cv_plus = cv["cv_plus_test"]  # CV+ sets on test: every test image, scored by all three fold models
+    assert cv_plus["n"] == cv["fold_test"][0]["n"] and cv_plus["n_calibration"] == 30 and cv_plus["alpha"] == 0.1
+    assert 0 <= cv_plus["coverage"]["value"] <= 1 and cv_plus["mean_size"]["value"] <= 3
     index = (cv_run / "report" / "index.md").read_text()
     assert "## Cross-validation" in index and "3-fold grouped, stratified cross-validation" in index
+    assert "CV+ prediction sets on test (LAC, target coverage 90%" in index
     assert "fitted on 30 out-of-fold images" in index
     from medvit.demo import load_model_card
 

@@ -9,6 +9,9 @@ For a cross-validated run (:mod:`medvit.workflows.cv`) :func:`medvit.report.writ
 * the spread across folds (each fold's metrics on its own held-out images, and each fold model's on test);
 * with ``final: refit``, the fold ensemble's test metrics as well (from the fold models' test files), so
   one run measures both final predictors;
+* CV+ prediction sets on test (:func:`medvit.metrics.conformal.cv_plus_sets`: each out-of-fold score against
+  the test image's score under the same fold model) beside the sets of the one out-of-fold threshold that the
+  page uses, at the run's conformal level and score;
 * :func:`describe_cv`, one sentence saying how the model was chosen and calibrated (also on the model card).
 """
 
@@ -24,6 +27,7 @@ from medvit.boundary.predictions import read_predictions_file
 from medvit.metrics import compute_metrics
 from medvit.metrics.bootstrap import Estimate
 from medvit.metrics.calibration import apply_temperature, compute_calibration
+from medvit.metrics.conformal import cv_plus_sets, evaluate_set_membership
 from medvit.train.probabilities import unscaled_probabilities
 from medvit.run_dir import OOF_SPLIT, PREDICTIONS_CSV, predictions_filename
 from medvit.markdown import markdown_table
@@ -127,7 +131,21 @@ def cv_summary(run_dir: str | Path, info: Mapping[str, Any], n_bootstrap: int = 
         "fold_test": fold_test,
         "fold_test_spread": _spread(fold_test),
         "ensemble_test": None,
+        "cv_plus_test": None,
     }
+    conformal = (info.get("calibration") or {}).get("conformal")
+    if conformal and len(fold_test) == len(cv["fold_runs"]):
+        fold_frames = {k: read_predictions_file(run_dir / fold_name / PREDICTIONS_CSV, class_names)
+                       for k, fold_name in enumerate(cv["fold_runs"])}
+        test_labels = fold_frames[0]["label"].to_numpy(dtype=np.int64)
+        member = cv_plus_sets(
+            labels, scaled, oof["fold"].to_numpy(),
+            {k: apply_temperature(unscaled_probabilities(f, class_names), temperature) for k, f in fold_frames.items()},
+            conformal["alpha"], conformal["method"],
+        )
+        summary["cv_plus_test"] = evaluate_set_membership(
+            test_labels, member, class_names, conformal["method"], conformal["alpha"], n_calibration=labels.size, **boot
+        ).to_dict()
     if cv.get("final") == "refit" and len(fold_test) == len(cv["fold_runs"]):
         probs, test_labels, _ = ensemble_probabilities(run_dir, info)
         summary["ensemble_test"] = {
@@ -165,6 +183,14 @@ def cv_markdown(summary: Mapping[str, Any], test: Mapping[str, Any] | None = Non
         f"Out-of-fold calibration: ECE (15 bins) {_f(cal['before']['ece'])} at T = 1, {_f(cal['after']['ece'])} at "
         f"T = {summary['temperature']:.3f}; NLL {_f(cal['before']['nll'])} -> {_f(cal['after']['nll'])}.", "",
     ]
+    cv_plus = summary.get("cv_plus_test")
+    if cv_plus:
+        lines += [
+            f"CV+ prediction sets on test ({cv_plus['method'].upper()}, target coverage {1 - cv_plus['alpha']:.0%}; "
+            f"each of the {cv_plus['n_calibration']} out-of-fold scores against the test image's score under the same "
+            f"fold model): coverage {_f(cv_plus['coverage'])}, mean set size {_f(cv_plus['mean_size'], 2)}. The "
+            "page's sets use one out-of-fold threshold (the clinical section's coverage).", "",
+        ]
     keys = [k for k in _SPREAD if k in summary["spread"]]
     spread_rows = [[f"fold {r['fold']} (held out)", r["n"], *(f"{r[k]:.3f}" for k in keys)] for r in summary["per_fold"]]
     spread_rows += [[f"{r['fold']} on test", r["n"], *(f"{r[k]:.3f}" for k in keys)] for r in summary["fold_test"]]

@@ -159,9 +159,10 @@ def dataset_table(cfg: StudyConfig, dataset: str, cells: dict[str, CellResult]) 
     for backbone, entries, params, gmacs, epochs, seconds, flag in rows:
         row = {"Backbone": backbone + (f" ⚠ {flag}" if flag else "")}
         for key, est in entries.items():
-            best = numbers_frame[key].max()
+            column = numbers_frame[key]
             text = _fmt(est)
-            row[key] = f"**{text}**" if len(rows) > 1 and est.value == best else text
+            ranked = len(rows) > 1 and column.nunique() > 1  # a column where every backbone ties marks none
+            row[key] = f"**{text}**" if ranked and est.value == column.max() else text
         row.update({"Params (M)": f"{params:.1f}", "GMACs": f"{gmacs:.2f}", "Epochs": str(epochs),
                     "Train time (min)": f"{seconds / 60:.0f}"})
         shown.append(row)
@@ -319,7 +320,7 @@ def write_study_report(cfg: StudyConfig, study_dir: str | Path, out: str | Path 
                 f"{'' if out == study_dir / 'report' else f' --report-dir {out}'}`. "
                 f"Start: {_starts(cfg)}; {cfg.image_size[0]}×{cfg.image_size[1]} px, selection on validation "
                 f"`{cfg.selection}`, seeds {cfg.seeds}; reference backbone `{cfg.reference}`. 95% stratified bootstrap "
-                f"CIs ({cfg.n_bootstrap} resamples) on the test split; the best point estimate per column in bold.\n"]
+                f"CIs ({cfg.n_bootstrap} resamples) on the test split; the best point estimate per column in bold (none where all tie).\n"]
     if missing:
         sections.append(f"**Cells not finished yet** ({len(missing)}): {', '.join(missing)}.\n")
     paired: dict[str, dict[str, dict[str, Estimate]]] = {}
