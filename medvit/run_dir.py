@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import shutil
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +27,7 @@ from torch import nn
 
 from medvit.atomic import atomic_save, atomic_write_text  # re-exported: run files are written atomically
 from medvit.boundary.weights import read_safetensors
+from medvit.config_schema import build_config
 from medvit.errors import UnknownNameError
 from medvit.models import create_model
 from medvit.models.ensemble import FoldEnsemble
@@ -90,7 +92,23 @@ _logger = logging.getLogger(__name__)
 
 #: ``metrics.csv`` columns that measure wall-clock time (they differ between two identical runs).
 TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s", "images_per_s", "data_wait_s", "compile_s")
-_REQUIRED_INFO = ("model", "class_names", "image_size", "mean", "std")
+
+
+@dataclass
+class _RunInfoCore:
+    """The keys of ``model.json`` every reader relies on, checked by :func:`read_model_info` (the one validator,
+    :func:`medvit.config_schema.build_config`); each kind of run adds its own keys beside them."""
+
+    model: str
+    class_names: list[str]
+    image_size: list[int] = field(metadata={"image_size": True})
+    mean: list[float]
+    std: list[float]
+    kind: str | None = None
+    dataset: str | None = None
+
+
+_CORE_KEYS = tuple(f.name for f in dataclasses.fields(_RunInfoCore))
 
 
 class ReportFiles:
@@ -269,9 +287,17 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
             f"{path} is a pretrain run (medvit pretrain), not a fine-tuned one: it holds a backbone without a "
             f"classifier; pass a 'medvit train' run, or fine-tune from it with --set pretrained={path}"
         )
-    missing = [key for key in _REQUIRED_INFO if not isinstance(info, dict) or key not in info]
-    if missing:
-        raise ValueError(f"{info_path}: missing keys {missing}; the run directory is corrupt")
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path}: expected a JSON object, got {type(info).__name__}; the run directory is corrupt")
+    try:
+        core = build_config(_RunInfoCore, {k: info[k] for k in _CORE_KEYS if k in info}, noun="model.json key")
+        for name in ("mean", "std"):
+            if len(getattr(core, name)) != 3:
+                raise ValueError(f"model.json key '{name}': expected three numbers (R, G, B), got {info.get(name)!r}")
+        if not core.class_names:
+            raise ValueError("model.json key 'class_names': the list is empty")
+    except ValueError as error:
+        raise ValueError(f"{info_path}: {error}; the run directory is corrupt") from error
     return info
 
 

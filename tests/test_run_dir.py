@@ -17,6 +17,7 @@ from medvit.run_dir import (
     monitored_metric,
     read_config,
     read_metrics,
+    read_model_info,
     read_selection,
     split_sizes,
     training_seconds,
@@ -100,3 +101,21 @@ def test_summary_readers_and_the_estimate_format(tmp_path):
     (tmp_path / REPORT_DIR / ReportFiles.summary_json).write_text("{")
     with pytest.raises(ValueError, match="medvit report"):
         read_summary(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("info", "message"),
+    [
+        ({"model": "x"}, "model.json key 'class_names' is missing"),
+        ({"model": "x", "class_names": ["a"], "image_size": [64, 64], "mean": [0.5], "std": [1, 1, 1]},
+         "model.json key 'mean': expected three numbers"),
+        ({"model": "x", "class_names": "ab", "image_size": [64, 64], "mean": [0.5] * 3, "std": [1] * 3},
+         "model.json key 'class_names': expected a list of strings"),
+        ([1, 2], "expected a JSON object, got list"),
+    ],
+)
+def test_a_corrupt_model_json_names_the_key_and_the_file(tmp_path, info, message):
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=message) as raised:
+        read_model_info(tmp_path)
+    assert str(tmp_path / "model.json") in str(raised.value) and "the run directory is corrupt" in str(raised.value)
