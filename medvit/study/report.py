@@ -383,6 +383,14 @@ def write_study_report(cfg: StudyConfig, study_dir: str | Path, out: str | Path 
     compute_frame = pd.DataFrame(compute)
     compute_frame.to_csv(out / "compute.csv", index=False, float_format="%.4g")
     sections += ["\n## Compute\n\n", _md(compute_frame)]
+    if len(compute_frame):
+        per_backbone = compute_frame.assign(backbone=compute_frame["cell"].str.split("/").str[-1])
+        minutes = per_backbone.groupby("backbone", sort=False)["train_min"].sum()
+        sections.append(
+            f"\nTraining time of the finished cells: {compute_frame['train_min'].sum() / 60:.1f} h in all ("
+            + ", ".join(f"{name} {value / 60:.1f} h" for name, value in minutes.items())
+            + "), on the machine that ran each cell; evaluation, CAM scoring and the report are not counted.\n"
+        )
     atomic_write_text(out / "index.md", "\n".join(sections))
     _logger.info("wrote %s", out / "index.md")
     return out
