@@ -20,7 +20,7 @@ from medvit.metrics import Estimate, compute_metrics
 from medvit.study import load_study_config, run_study, study_config_from_dict, write_study_report
 from medvit.study.cells import cell_state, plan_cells, select_cells
 from medvit.study.paired import paired_difference, resampled_scores, shared_resamples
-from medvit.study.report import dataset_table, load_results
+from medvit.study.report import CellResult, claim_verdict, dataset_table, did_not_train, load_results
 from medvit.study.verdicts import HOLDS, NOT_HOLD, NOT_RESOLVED, verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -338,3 +338,29 @@ def test_published_logs_hold_no_absolute_path_of_this_machine():
            f"wrote {Path.cwd()}/runs/study/busi\n")
     assert machine_neutral(log) == ("loaded <site-packages>/pkg/w.pth into X\nfrom <python>/share/t.bin\n"
                                     "wrote ./runs/study/busi\n")
+
+
+def _cell(predicted: np.ndarray, labels: np.ndarray, names: list[str]) -> CellResult:
+    """A finished cell whose test predictions are ``predicted`` (one-hot probabilities)."""
+    test = pd.DataFrame({"image": [f"img{i}.png" for i in range(labels.size)], "label": labels})
+    for c, name in enumerate(names):
+        test[f"prob_{name}"] = (predicted == c).astype(float)
+    return CellResult(None, {"class_names": names}, pd.DataFrame(), test, test, None, None)
+
+
+def test_a_cell_that_did_not_train_decides_no_claim(synthetic_busi):
+    cfg = study_config_from_dict(_study(synthetic_busi))
+    names = ["benign", "malignant", "normal"]
+    labels = np.repeat([0, 1, 2], 20)
+    learned, constant = _cell(labels, labels, names), _cell(np.ones_like(labels), labels, names)  # all "malignant"
+    assert not did_not_train(learned) and did_not_train(constant)
+    claim = next(c for c in cfg.claims if c.id == "malignant_recall")
+    beats = {"recall:malignant": Estimate(0.3, 0.1, 0.5), "macro_precision": Estimate(0.3, 0.1, 0.5)}
+
+    untrained_reference = claim_verdict(cfg, claim, {"busi": {"acc": constant, "vvt": learned}}, {"busi": {"vvt": beats}}, pd.DataFrame())
+    assert untrained_reference.verdict == NOT_RESOLVED and "busi/acc did not train" in untrained_reference.reason
+
+    # a baseline that predicts "malignant" for every image has the top malignant recall and still says nothing
+    nothing_to_compare = claim_verdict(cfg, claim, {"busi": {"acc": learned, "vvt": constant}}, {"busi": {"vvt": beats}}, pd.DataFrame())
+    assert nothing_to_compare.verdict == NOT_RESOLVED and "no baseline trained on busi" in nothing_to_compare.reason
+    assert claim_verdict(cfg, claim, {"busi": {"acc": learned, "vvt": learned}}, {"busi": {"vvt": beats}}, pd.DataFrame()).verdict == HOLDS

@@ -11,6 +11,7 @@ Files in ``report/``: ``index.md`` (all tables), ``<dataset>_table.{md,csv,tex}`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from sklearn.metrics import balanced_accuracy_score
 
 from medvit.metrics import Estimate, compute_metrics
 from medvit.metrics.bootstrap import percentile_interval
@@ -32,14 +34,15 @@ from medvit.study.cells import CAM_DIR, Cell, cell_state, plan_cells
 from medvit.study.config import Claim, StudyConfig
 from medvit.study.figure import plot_figure
 from medvit.study.paired import align_predictions, paired_difference, resampled_scores, shared_resamples
-from medvit.train.probabilities import probability_columns
 from medvit.study.verdicts import NOT_RESOLVED, Verdict, verdict
+from medvit.train.probabilities import probability_columns
 
 __all__ = [
     "PAGE_MARKER",
     "CellResult",
     "claim_verdict",
     "dataset_table",
+    "did_not_train",
     "load_results",
     "write_results_page",
     "write_study_report",
@@ -65,6 +68,15 @@ class CellResult:
     @property
     def class_names(self) -> list[str]:
         return list(self.info["class_names"])
+
+
+def did_not_train(result: CellResult) -> bool:
+    """Whether the cell's test balanced accuracy is within :data:`CHANCE_MARGIN` of chance (``1 / K``): such a
+    cell says nothing about its backbone; the tables flag it and the verdicts leave it out."""
+    names = result.class_names
+    predicted = probability_columns(result.test, names).argmax(axis=1)
+    balanced = balanced_accuracy_score(result.test["label"].to_numpy(dtype=np.int64), predicted)
+    return balanced <= 1 / len(names) + CHANCE_MARGIN
 
 
 def load_results(cfg: StudyConfig, study_dir: str | Path) -> tuple[dict[str, dict[str, CellResult]], list[str]]:
@@ -145,8 +157,7 @@ def dataset_table(cfg: StudyConfig, dataset: str, cells: dict[str, CellResult]) 
             entries["QWK"] = m.qwk
         params, gmacs = _model_size(result.info, cfg.image_size)
         seconds = float(result.metrics["epoch_time_s"].sum()) if "epoch_time_s" in result.metrics else float("nan")
-        chance = 1 / len(names)
-        flag = "did not train" if m.balanced_accuracy.value <= chance + CHANCE_MARGIN else ""
+        flag = "did not train" if did_not_train(result) else ""
         record: dict[str, Any] = {"Backbone": backbone}
         for key, est in entries.items():
             record.update({key: est.value, f"{key} low": est.low, f"{key} high": est.high})
@@ -259,26 +270,41 @@ def claim_verdict(cfg: StudyConfig, claim: Claim, results: dict[str, dict[str, C
         return Verdict(NOT_RESOLVED, f"cells not run yet: {', '.join(missing)}", 0)
     if len(cfg.backbones) < 2:
         return Verdict(NOT_RESOLVED, "one backbone only: nothing to compare", 0)
+    untrained = {d: {b for b, r in results[d].items() if did_not_train(r)} for d in claim.datasets}
+    reference_untrained = [f"{d}/{cfg.reference}" for d in claim.datasets if cfg.reference in untrained[d]]
+    if reference_untrained:
+        return Verdict(NOT_RESOLVED, f"{', '.join(reference_untrained)} did not train (test balanced accuracy within "
+                                     f"{CHANCE_MARGIN} of chance): it says nothing about the claim", 0)
+    trained = {d: [b for b in paired[d] if b not in untrained[d]] for d in claim.datasets}
+    alone = [d for d in claim.datasets if not trained[d]]
+    if alone:
+        return Verdict(NOT_RESOLVED, f"no baseline trained on {', '.join(alone)}: nothing to compare", 0)
+    left_out = "; ".join(f"{d}: {', '.join(sorted(untrained[d]))} left out (did not train)" for d in claim.datasets if untrained[d])
     n = sum(len(results[d][cfg.reference].test) for d in claim.datasets)
     if claim.kind == "highest_macro_precision":
         comparisons = [(f"{d}: {cfg.reference} − {b} macro precision", paired[d][b]["macro_precision"])
-                       for d in claim.datasets for b in paired[d]]
+                       for d in claim.datasets for b in trained[d]]
     elif claim.kind == "highest_recall":
         d = claim.datasets[0]
         comparisons = [(f"{d}: {cfg.reference} − {b} recall of {claim.class_name}", paired[d][b][f"recall:{claim.class_name}"])
-                       for b in paired[d]]
+                       for b in trained[d]]
     elif claim.kind == "recall_ratio":
         d = claim.datasets[0]
-        est = _margin_estimate(cfg, results[d], d, str(claim.class_name), claim.ratio)
+        cells = {b: r for b, r in results[d].items() if b == cfg.reference or b in trained[d]}
+        est = _margin_estimate(cfg, cells, d, str(claim.class_name), claim.ratio)
         comparisons = [(f"{d}: recall of {claim.class_name}, {cfg.reference} − {claim.ratio:g} × best baseline", est)]
     else:
         rows = cam_diffs[(cam_diffs["stage"] == claim.stage) & (cam_diffs["score"] == claim.score)] if len(cam_diffs) else cam_diffs
         if not len(rows):
             return Verdict(NOT_RESOLVED, "no CAM localisation scores", 0)
+        rows = rows[rows["baseline"].isin(trained[claim.datasets[0]])]
         comparisons = [(f"{cfg.reference} − {r.baseline} {claim.score} at stage {claim.stage}", Estimate(r.difference, r.low, r.high))
                        for r in rows.itertuples()]
         n = int(rows["n"].min())
-    return verdict(comparisons, n)
+    outcome = verdict(comparisons, n)
+    if left_out:
+        outcome = dataclasses.replace(outcome, reason=f"{outcome.reason} ({left_out})")
+    return outcome
 
 
 def _curves(dataset: str, cells: dict[str, CellResult], selection: str, path: Path) -> None:
