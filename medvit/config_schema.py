@@ -94,8 +94,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise NotImplementedError(f"config annotation {tp!r} has no type check; add it to _coerce")
 
 
-def image_size_pair(value: Any) -> list[int]:
-    """``[H, W]`` from one positive int or a list of one or two positive ints."""
+def image_size_pair(value: Any, name: str = "config key 'image_size'") -> list[int]:
+    """``[H, W]`` from one positive int or a list of one or two positive ints (``name``: the key, for the error)."""
     sizes = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if (
         not isinstance(sizes, (list, tuple))
@@ -103,7 +103,7 @@ def image_size_pair(value: Any) -> list[int]:
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
     ):
         raise ValueError(
-            f"config key 'image_size': expected one positive integer or [H, W] of positive integers, got {value!r}"
+            f"{name}: expected one positive integer or [H, W] of positive integers, got {value!r}"
         )
     sizes = [int(s) for s in sizes]
     return sizes * 2 if len(sizes) == 1 else sizes
@@ -112,7 +112,7 @@ def image_size_pair(value: Any) -> list[int]:
 def _check_type(key: str, value: Any, f: dataclasses.Field, tp: Any, noun: str = "config key") -> Any:
     """Check one value against the field's resolved annotation ``tp``; returns the coerced value."""
     if f.metadata.get("image_size"):
-        return image_size_pair(value)
+        return image_size_pair(value, f"{noun} '{key}'")
     try:
         return _coerce(value, tp)
     except TypeError:
@@ -194,15 +194,16 @@ def _build_value(key: str, value: Any, f: dataclasses.Field, tp: Any, noun: str)
     if section is not None:
         return build_config(section, value or {}, prefix=f"{key}.", noun=noun)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is dict and len(args) == 2 and _section_type(args[1]) is not None:
+    item = _section_type(args[-1]) if origin in (dict, list) and args else None  # the section of each value/item
+    if item is not None and origin is dict:
         if not isinstance(value, Mapping):
             raise ValueError(f"{noun} '{key}': expected a mapping of named sections, got {value!r}")
-        return {str(name): build_config(_section_type(args[1]), spec or {}, prefix=f"{key}.{name}.", noun=noun)
+        return {str(name): build_config(item, spec or {}, prefix=f"{key}.{name}.", noun=noun)
                 for name, spec in value.items()}
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
+    if item is not None:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{noun} '{key}': expected a list, got {value!r}")
-        return [build_config(args[0], item, prefix=f"{key}[{i}].", noun=noun) for i, item in enumerate(value)]
+        return [build_config(item, entry, prefix=f"{key}[{i}].", noun=noun) for i, entry in enumerate(value)]
     value = _check_type(key, value, f, tp, noun)
     _check_range(key, value, f, noun)
     return value

@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from medvit.boundary.predictions import read_predictions_file
+from medvit.markdown import markdown_table
 from medvit.metrics import compute_metrics
 from medvit.metrics.bootstrap import Estimate
 from medvit.metrics.calibration import apply_temperature, compute_calibration
 from medvit.metrics.conformal import cv_plus_sets, evaluate_set_membership
-from medvit.train.probabilities import unscaled_probabilities
 from medvit.run_dir import OOF_SPLIT, PREDICTIONS_CSV, predictions_filename
-from medvit.markdown import markdown_table
+from medvit.train.probabilities import unscaled_probabilities
 
 __all__ = ["cv_markdown", "cv_summary", "describe_cv", "ensemble_probabilities", "fold_temperature"]
 
@@ -73,6 +73,13 @@ def _spread(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _check_same_images(run_dir: Path, names: Sequence[str], frames: Sequence[pd.DataFrame], split: str) -> None:
+    """Every fold's ``split`` predictions list the same images in the same order (rows are compared across folds)."""
+    for name, frame in zip(names[1:], frames[1:]):
+        if frame["image"].tolist() != frames[0]["image"].tolist():
+            raise ValueError(f"{run_dir / name}: its {split} predictions list other images than the first fold's")
+
+
 def ensemble_probabilities(run_dir: str | Path, info: Mapping[str, Any], split: str = "test") -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """The fold ensemble's probabilities of ``split`` from the fold runs' own prediction files:
     ``mean_k softmax(z_k / T)`` with the out-of-fold ``T`` (what :class:`~medvit.models.ensemble.FoldEnsemble`
@@ -85,9 +92,7 @@ def ensemble_probabilities(run_dir: str | Path, info: Mapping[str, Any], split: 
     class_names = [str(c) for c in info["class_names"]]
     temperature = fold_temperature(info)
     frames = [read_predictions_file(run_dir / f / predictions_filename(split), class_names) for f in info["cv"]["fold_runs"]]
-    for name, frame in zip(info["cv"]["fold_runs"][1:], frames[1:]):
-        if frame["image"].tolist() != frames[0]["image"].tolist():
-            raise ValueError(f"{run_dir / name}: its {split} predictions list other images than the first fold's")
+    _check_same_images(run_dir, info["cv"]["fold_runs"], frames, split)
     probs = np.mean([apply_temperature(unscaled_probabilities(f, class_names), temperature) for f in frames], axis=0)
     return probs, frames[0]["label"].to_numpy(dtype=np.int64), frames[0]
 
@@ -109,7 +114,7 @@ def cv_summary(run_dir: str | Path, info: Mapping[str, Any], n_bootstrap: int = 
         rows = (oof["fold"] == k).to_numpy()
         m = compute_metrics(labels[rows], scaled[rows], class_names, is_ordinal, n_bootstrap=0).summary()
         per_fold.append({"fold": int(k), "n": int(rows.sum()), **m})
-    fold_test = []
+    fold_test, test_frames, test_probs = [], [], []
     for name in cv["fold_runs"]:
         path = run_dir / name / PREDICTIONS_CSV
         if path.is_file():
@@ -117,6 +122,8 @@ def cv_summary(run_dir: str | Path, info: Mapping[str, Any], n_bootstrap: int = 
             probs = apply_temperature(unscaled_probabilities(frame, class_names), temperature)
             m = compute_metrics(frame["label"].to_numpy(dtype=np.int64), probs, class_names, is_ordinal, n_bootstrap=0).summary()
             fold_test.append({"fold": name, "n": len(frame), **m})
+            test_frames.append(frame)
+            test_probs.append(probs)
     summary: dict[str, Any] = {
         **{k: cv[k] for k in ("folds", "final", "seed", "members", "monitor", "best_epochs", "refit_epochs", "n_oof")},
         "how": describe_cv(info),
@@ -134,15 +141,11 @@ def cv_summary(run_dir: str | Path, info: Mapping[str, Any], n_bootstrap: int = 
         "cv_plus_test": None,
     }
     conformal = (info.get("calibration") or {}).get("conformal")
-    if conformal and len(fold_test) == len(cv["fold_runs"]):
-        fold_frames = {k: read_predictions_file(run_dir / fold_name / PREDICTIONS_CSV, class_names)
-                       for k, fold_name in enumerate(cv["fold_runs"])}
-        test_labels = fold_frames[0]["label"].to_numpy(dtype=np.int64)
-        member = cv_plus_sets(
-            labels, scaled, oof["fold"].to_numpy(),
-            {k: apply_temperature(unscaled_probabilities(f, class_names), temperature) for k, f in fold_frames.items()},
-            conformal["alpha"], conformal["method"],
-        )
+    if conformal and len(fold_test) == len(cv["fold_runs"]):  # fold k's run is cv["fold_runs"][k]
+        _check_same_images(run_dir, cv["fold_runs"], test_frames, "test")
+        test_labels = test_frames[0]["label"].to_numpy(dtype=np.int64)
+        member = cv_plus_sets(labels, scaled, oof["fold"].to_numpy(), dict(enumerate(test_probs)),
+                              conformal["alpha"], conformal["method"])
         summary["cv_plus_test"] = evaluate_set_membership(
             test_labels, member, class_names, conformal["method"], conformal["alpha"], n_calibration=labels.size, **boot
         ).to_dict()

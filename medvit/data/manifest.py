@@ -68,9 +68,9 @@ def write_manifest_info(manifest: str | Path, info: Mapping[str, Any]) -> Path:
     return path
 
 
-def split_counts(frame: pd.DataFrame, class_names: Sequence[str]) -> dict[str, dict[str, int]]:
-    """``{class: {split: images, ..., "total": images}}`` of a manifest frame (the side JSON's ``counts``)."""
-    counts = count_table(frame, class_names)
+def split_counts(counts: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``{class: {split: images, ..., "total": images}}`` of a :func:`~medvit.data.splits.count_table` (the side
+    JSON's ``counts``)."""
     return {name: {split: int(counts.loc[name, split]) for split in (*SPLITS, "total")} for name in counts.index}
 
 
@@ -429,7 +429,7 @@ def prepare_manifest(
         "num_groups": int(frame["group"].nunique()),
         "num_rejected": len(rejected),
         "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
-        "counts": split_counts(frame, class_names),
+        "counts": split_counts(counts),
         "duplicate_sets": duplicate_sets,
         "files": {rel: sha[:_FILE_DIGEST_CHARS] for rel, sha in digests.items()},
     }

@@ -181,7 +181,6 @@ def _check_before_writing(cfg: PretrainConfig) -> None:
 def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device) -> PretrainResult:
     from timm.data import resolve_model_data_config
 
-
     student_kwargs = _student_kwargs(cfg)
     data_cfg = resolve_model_data_config(create_model(cfg.student, num_classes=0, **student_kwargs))
     mean, std = [float(m) for m in data_cfg["mean"]], [float(s) for s in data_cfg["std"]]
@@ -253,12 +252,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, device: torch.device
         stats = optimization.train_epoch(loader, epoch, cfg.epochs, state, loss_for, on_step, interactive, str(out))
         row: dict[str, float] = {"epoch": epoch + 1, "loss": stats.loss}
         row.update({name: value / max(stats.images, 1) for name, value in part_sums.items()})
-        row["lr"] = stats.lr
-        row["epoch_time_s"] = time.perf_counter() - t0
-        row["images_per_s"] = stats.images_per_s
-        row["data_wait_s"] = stats.data_wait_s
-        row["compiled"] = float(stats.compiled)
-        row["compile_s"] = stats.compile_s
+        row.update(stats.columns(time.perf_counter() - t0, "images_per_s"))
         state.record(row, cfg.epochs - 1)
         optimization.commit(out, state)
         save_run_weights(backbone_state_dict(student), out / PRETRAIN_WEIGHTS)

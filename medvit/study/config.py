@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from medvit.config_files import load_yaml_config, merge_config
-from medvit.config_schema import build_config, choices, image_size_pair, value_range
+from medvit.config_schema import build_config, choices, value_range
 from medvit.pretrain.config import PretrainConfig, pretrain_config_from_dict
 from medvit.train.config import TrainConfig, apply_overrides, config_from_dict
 
@@ -223,7 +223,7 @@ def study_config_from_dict(data: Mapping[str, Any]) -> StudyConfig:
     seeds = protocol.seeds
     cfg = StudyConfig(
         name=spec.name, datasets=datasets, backbones=backbones, reference=reference, start=protocol.start,
-        image_size=image_size_pair(protocol.image_size), seeds=seeds, selection=protocol.selection,
+        image_size=protocol.image_size, seeds=seeds, selection=protocol.selection,
         pretrain=dict(protocol.pretrain), train=dict(protocol.train), weights=dict(protocol.weights),
         cam=cam, claims=_claims(spec.claims, list(datasets)), n_bootstrap=spec.n_bootstrap, source=dict(data),
     )

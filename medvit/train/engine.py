@@ -308,12 +308,7 @@ class _Trainer:
             train_loss = stats.loss
             row: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss}
             row.update(self._validate(epoch))
-            row["lr"] = stats.lr
-            row["epoch_time_s"] = time.perf_counter() - t0
-            row["train_images_per_s"] = stats.images_per_s
-            row["data_wait_s"] = stats.data_wait_s  # time the step waited for the loader (the rest is the model)
-            row["compiled"] = float(stats.compiled)
-            row["compile_s"] = stats.compile_s
+            row.update(stats.columns(time.perf_counter() - t0, "train_images_per_s"))
             monitor = cfg.early_stopping.metric
             if monitor not in row:
                 raise ValueError(

@@ -107,6 +107,15 @@ class EpochStats:
     def images_per_s(self) -> float:
         return self.images / max(self.seconds, 1e-9)
 
+    def columns(self, epoch_time_s: float, rate_column: str) -> dict[str, float]:
+        """The ``metrics.csv`` columns both engines log for an epoch, in their order: ``lr``, ``epoch_time_s`` (the
+        engine's whole epoch, validation included), the step rate as ``rate_column``, ``data_wait_s`` (time the
+        step waited for the loader; the rest is the model), ``compiled`` and ``compile_s``."""
+        return {
+            "lr": self.lr, "epoch_time_s": epoch_time_s, rate_column: self.images_per_s, "data_wait_s": self.data_wait_s,
+            "compiled": float(self.compiled), "compile_s": self.compile_s,
+        }
+
 
 class Optimization:
     """A network, its optimizer and schedule, and the step that trains it: one epoch at a time, committed and resumed.
@@ -129,7 +138,7 @@ class Optimization:
     ) -> None:
         self.model, self.net = model, model if net is None else net
         self.optimizer, self.scheduler, self.ctx = optimizer, scheduler, ctx
-        self.grad_clip, self.seed, self.precision = grad_clip, seed, precision
+        self.grad_clip, self.seed = grad_clip, seed
         self.step = TrainStep(self.net, ctx.device, precision, compile)
         self.log: Callable[..., None] = _logger.info if ctx.is_main else _logger.debug
         self.log("training step: %s%s on %s", precision, ", compiled" if compile else "", ctx.device)
@@ -177,12 +186,13 @@ class Optimization:
             seen += n
             if on_step is not None:
                 on_step(batch, loss)
-            if (step + 1) % LOG_EVERY == 0:
+            logged, shown = (step + 1) % LOG_EVERY == 0, progress
+            if logged or shown:
                 rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+            if logged:
                 self.log("epoch %d step %d/%s loss %.4f (%.1f img/s)", epoch + 1, step + 1, steps or "?",
                          float(loss_sum) / seen, rate)
-            if progress:
-                rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+            if shown:
                 batches.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
             waiting = time.perf_counter()
         if ctx.is_distributed:

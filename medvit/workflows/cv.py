@@ -42,7 +42,7 @@ import yaml
 from medvit.boundary.predictions import read_predictions_file
 from medvit.clinical.calibrate import calibrate_run
 from medvit.data.manifest import manifest_hash, read_manifest, read_manifest_info, split_counts, write_manifest_info
-from medvit.data.splits import assign_folds
+from medvit.data.splits import assign_folds, count_table
 from medvit.report import write_report
 from medvit.run_dir import (
     CONFIG_YAML,
@@ -159,7 +159,7 @@ def write_fold_manifest(manifest: str | Path, assignment: pd.DataFrame, held_out
     frame.loc[pooled, "split"] = "train" if held_out is None else np.where(folds[pooled] == held_out, "val", "train")
     side = read_manifest_info(manifest)
     class_names = [str(c) for c in side.get("class_names") or sorted(frame["label_name"].unique())]
-    side["counts"] = split_counts(frame, class_names)
+    side["counts"] = split_counts(count_table(frame, class_names))
     side["cv"] = {"fold": held_out, "source_manifest": str(manifest), "source_hash": manifest_hash(manifest)}
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
